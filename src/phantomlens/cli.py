@@ -1,0 +1,241 @@
+"""The ``phantomlens`` command line. Flags come from the library's config dataclasses.
+
+Exit codes: 0 success (a diverged run is a recorded outcome, so also 0), 2 bad input or usage
+(one line on stderr starting with ``error:``), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+from phantomlens.errors import PhantomLensError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise PhantomLensError(f"{message} (see {self.prog} --help)")
+
+
+def _quiet_libraries() -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    text = str(message).removeprefix("phantomlens: ")
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}g}"
+    return str(value)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def _default_out(config) -> Path:
+    name = config.context if config.context and " " not in config.context else "custom"
+    return Path("runs") / f"{config.model.replace('/', '_')}-{name}-{config.mode}-lr{config.lr:g}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from phantomlens.config import from_namespace
+    from phantomlens.train import RunConfig, finetune
+
+    config = from_namespace(RunConfig, args)
+    config.validate()
+    out = Path(args.out) if args.out else _default_out(config)
+    result = finetune(config, out=out, overwrite=args.overwrite, progress=None if not args.json else False)
+    if args.json:
+        print(json.dumps(result.summary, indent=2))
+        return 0
+    print(format_run_summary(result.summary))
+    return 0
+
+
+def format_run_summary(s: dict) -> str:
+    ctx, cfg = s["context"], s["config"]
+    lines = [
+        f"context   {ctx['text']!r} → {ctx['target']!r} (target) vs {ctx['competitor']!r} (competitor)",
+        f"run       {cfg['model']}, {cfg['mode']}, {cfg['optimizer']}, η={cfg['lr']:g}, "
+        f"{cfg['schedule']}, T={cfg['steps']}, seed {cfg['seed']}, {s['geometry']} geometry",
+    ]
+    rows = [
+        ["loss", _fmt(s["loss_initial"]), _fmt(s["loss_final"])],
+        ["margin", _fmt(s["margin_initial"]), _fmt(s["margin_final"])],
+        ["Φ", _fmt(s["phi_initial"]), _fmt(s["phi_final"])],
+        ["p(target)", "", _fmt(s["p_target_final"])],
+        ["p(competitor)", "", _fmt(s["p_competitor_final"])],
+    ]
+    lines += ["", _table(rows, ["quantity", "step 0", "end"]), ""]
+    if s["status"] == "diverged":
+        lines.append(f"status    DIVERGED at step {s['diverged_step']} ({s['status_reason']})")
+    else:
+        lines.append(f"status    {s['status']} ({s['steps_completed']} steps, {s['wall_time_s']} s)")
+    if "outcome" in s:
+        lines.append(
+            f"outcome   {s['outcome']}" + ("  (silent: loss fell, no flip)" if s.get("silent") else "")
+        )
+    if s["flipped"]:
+        held = "and holds at the end" if s["flipped_at_end"] else "but does NOT hold at the end"
+        lines.append(f"flip      target overtook competitor at step {s['flip_step']}, {held}")
+    else:
+        lines.append("flip      NO: the target never overtook the competitor")
+    if "n_jumps" in s:
+        lines.append(f"jumps     {s['n_jumps']} catapult-like jumps in Φ, {s['n_phantom_jumps']} phantoms")
+    same = "bit-identical" if s["embeddings_unchanged"] else "changed"
+    lines.append(
+        f"embedding {same} (sha256 {s['embedding_sha256_start'][:12]}… → {s['embedding_sha256_end'][:12]}…)"
+    )
+    for note in s.get("notes", []):
+        lines.append(f"note      {note}")
+    if s.get("out_dir"):
+        lines.append(f"written   {s['out_dir']}/ (summary.json, trajectory.parquet, trajectory.png)")
+    return "\n".join(lines)
+
+
+# --- contexts ----------------------------------------------------------------------------------
+
+
+def cmd_contexts(args: argparse.Namespace) -> int:
+    from phantomlens.contexts import builtin_contexts, resolve
+    from phantomlens.models import load_model
+    from phantomlens.readout import measure
+
+    model, tokenizer = load_model(args.model)
+    rows, records = [], []
+    for ctx in builtin_contexts():
+        spec = resolve(tokenizer, ctx.text, ctx.target, ctx.competitor, model=model, warn=False)
+        r = measure(model, tokenizer, ctx.text, spec.target, spec.competitor)
+        valid = r.rank_competitor < r.rank_target
+        record = {
+            **ctx.to_dict(),
+            **{
+                k: getattr(r, k)
+                for k in (
+                    "rank_target",
+                    "rank_competitor",
+                    "margin",
+                    "overlap_tc",
+                    "p_target",
+                    "p_competitor",
+                )
+            },
+            "valid": valid,
+        }
+        records.append(record)
+        rows.append(
+            [
+                ctx.name,
+                ctx.text + " …",
+                ctx.target.strip(),
+                ctx.competitor.strip(),
+                str(r.rank_target),
+                str(r.rank_competitor),
+                f"{r.margin:+.2f}",
+                f"{r.overlap_tc:.3f}",
+                "yes" if valid else "NO",
+            ]
+        )
+    if args.json:
+        print(json.dumps({"model": args.model, "contexts": records}, indent=2))
+    else:
+        print(f"{len(rows)} built-in contexts on {args.model} (step 0, raw geometry)\n")
+        print(
+            _table(
+                rows,
+                [
+                    "name",
+                    "context",
+                    "target",
+                    "competitor",
+                    "rank_t",
+                    "rank_c",
+                    "margin",
+                    "G_tc",
+                    "valid",
+                ],
+            )
+        )
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from phantomlens import __version__
+    from phantomlens.config import add_arguments
+    from phantomlens.models import DEFAULT_MODEL
+    from phantomlens.train import RunConfig
+
+    parser = _Parser(prog="phantomlens", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"phantomlens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser(
+        "run",
+        help="one instrumented fine-tuning run",
+        description=("Fine-tune on one context and record the readout at every step."),
+    )
+    add_arguments(run, RunConfig)
+    run.add_argument("--out", help="run directory to write (default: runs/<model>-<context>-<mode>-lr<η>)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    run.set_defaults(func=cmd_run)
+
+    contexts = sub.add_parser("contexts", help="list the built-in contexts with step-0 readouts")
+    contexts.add_argument("--model", default=DEFAULT_MODEL, help="model to rank them with")
+    contexts.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    contexts.set_defaults(func=cmd_contexts)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        _quiet_libraries()
+        return int(args.func(args) or 0)
+    except PhantomLensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; no incomplete result was left behind", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

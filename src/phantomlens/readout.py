@@ -1,0 +1,246 @@
+"""The density-matrix readout (METHOD.md §2-3): Φ = signal + drag, purity and entropy.
+
+Token states are the unit-normalised rows of the output embedding (unembedding) matrix U,
+ê_i = u_i/‖u_i‖ ("raw") or (u_i − ū)/‖u_i − ū‖ ("centred"). With p = softmax(logits), the
+predicted distribution as a mixed state is ρ = Σ_i p_i |ê_i⟩⟨ê_i|. We never build ρ or the V×V
+overlap matrix: Φ, signal and drag need only the overlap columns G_·c and G_·n, two matrix-vector
+products (O(V·d)). Purity and von Neumann entropy use the top-k tokens, through the k×k matrix
+√p G √p (or the d×d ρ_k when k > d), whose nonzero eigenvalues are those of ρ_k.
+
+These formulas are phantomlens's own definitions, built to satisfy what the paper's abstract
+states; the paper's own equations are not available to us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+SPECTRAL_MASS = 0.999
+SPECTRAL_TOPK = 1024
+
+
+@dataclass(frozen=True)
+class Readout:
+    """What the instrument reads off one prediction of the next token after a context."""
+
+    p_target: float  # probability of the correct token c
+    p_competitor: float  # probability of the near-synonym competitor n
+    margin: float  # logit(c) − logit(n); the flip is margin > 0
+    rank_target: int  # 1 = top prediction
+    rank_competitor: int
+    loss: float  # cross-entropy −log p_c, the quantity fine-tuning minimises
+    phi: float  # order parameter Φ = F_c − F_n = Σ_i p_i (G_ic² − G_in²)
+    signal: float  # S = (p_c − p_n)(1 − G_cn²): commitment to c over n, damped by their overlap
+    drag: float  # D = Σ_{i∉{c,n}} p_i (G_ic² − G_in²): the bulk's leak into the score
+    overlap_tc: float  # G_cn, cosine of the target and competitor token states
+    fidelity_target: float  # F_c = ⟨ê_c|ρ|ê_c⟩
+    fidelity_competitor: float  # F_n = ⟨ê_n|ρ|ê_n⟩
+    purity: float  # Tr ρ_k² over the top-k tokens (1 = a pure state)
+    entropy: float  # von Neumann entropy −Tr ρ_k log ρ_k (nats) over the top-k tokens
+    topk: int  # k tokens used for purity/entropy
+    topk_mass: float  # probability mass those k tokens carry (ρ_k is renormalised to trace 1)
+    geometry: str  # "raw" or "centred"
+
+    @property
+    def flipped(self) -> bool:
+        return self.margin > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Readout:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class ReadoutState:
+    """The per-token vectors behind a readout, kept for the ΔΦ = R + Γ + X decomposition."""
+
+    p: torch.Tensor  # float64 [V], the predicted distribution
+    weight: torch.Tensor  # float64 [V], w_i = G_ic² − G_in²; Φ = p·w
+    state_target: torch.Tensor  # float32 [d], ê_c
+    state_competitor: torch.Tensor  # float32 [d], ê_n
+
+
+def token_states_for(unembedding: torch.Tensor, ids: torch.Tensor, center: bool) -> torch.Tensor:
+    """Unit token states ê for the rows ``ids`` (float32, [len(ids), d])."""
+    rows = unembedding[ids].float()
+    if center:
+        rows = rows - unembedding.float().mean(dim=0)
+    return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def overlap_columns(
+    unembedding: torch.Tensor, target_id: int, competitor_id: int, center: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """G_·c and G_·n as float64 [V] vectors, in O(V·d) without forming normalised rows."""
+    weight = unembedding.detach().float()
+    u_c, u_n = weight[target_id], weight[competitor_id]
+    if center:
+        mean = weight.mean(dim=0)
+        probes = torch.stack([u_c, u_n, mean], dim=1)  # [d, 3]
+        dots = (weight @ probes).double()  # [V, 3]
+        mean64, uc64, un64 = mean.double(), u_c.double(), u_n.double()
+        mm = mean64 @ mean64
+        # (u_i − ū)·(u_j − ū) = u_i·u_j − u_i·ū − ū·u_j + ū·ū, so no centred copy of U is made.
+        dot_c = dots[:, 0] - dots[:, 2] - mean64 @ uc64 + mm
+        dot_n = dots[:, 1] - dots[:, 2] - mean64 @ un64 + mm
+        sq_norms = torch.linalg.vector_norm(weight, dim=1).double() ** 2 - 2 * dots[:, 2] + mm
+    else:
+        probes = torch.stack([u_c, u_n], dim=1)
+        dots = (weight @ probes).double()
+        dot_c, dot_n = dots[:, 0], dots[:, 1]
+        sq_norms = torch.linalg.vector_norm(weight, dim=1).double() ** 2
+    norms = sq_norms.clamp_min(1e-24).sqrt()
+    g_c = dot_c / (norms * norms[target_id])
+    g_n = dot_n / (norms * norms[competitor_id])
+    # Exact by definition; fp32 dot products would leave them ~1e-7 off and break Φ = S + D.
+    g_c[target_id] = g_n[competitor_id] = 1.0
+    g_n[target_id] = g_c[competitor_id]
+    return g_c, g_n
+
+
+def spectral(
+    unembedding: torch.Tensor,
+    p: torch.Tensor,
+    center: bool,
+    mass: float = SPECTRAL_MASS,
+    cap: int = SPECTRAL_TOPK,
+) -> tuple[float, float, int, float]:
+    """Purity and von Neumann entropy of ρ_k over the top-k tokens: (purity, entropy, k, mass_k)."""
+    top_p, top_ids = torch.topk(p, min(cap, p.numel()))
+    cumulative = top_p.cumsum(0)
+    k = int(torch.searchsorted(cumulative, torch.tensor(mass, dtype=cumulative.dtype)).item()) + 1
+    k = min(k, top_p.numel())
+    pk, ids = top_p[:k], top_ids[:k]
+    covered = float(pk.sum())
+    pk = pk / pk.sum()
+    states = token_states_for(unembedding.detach(), ids, center).double()  # [k, d]
+    if k <= states.shape[1]:
+        root = pk.sqrt()
+        matrix = root[:, None] * (states @ states.T) * root[None, :]  # √p G √p, k×k
+    else:
+        matrix = states.T @ (pk[:, None] * states)  # ρ_k, d×d; same nonzero spectrum
+    if not bool(torch.isfinite(matrix).all()):
+        return math.nan, math.nan, k, covered
+    try:
+        eigenvalues = torch.linalg.eigvalsh(matrix).clamp_min(0.0)
+    except torch.linalg.LinAlgError:  # only seen on degenerate geometry from a diverging run
+        return math.nan, math.nan, k, covered
+    purity = float((eigenvalues**2).sum())
+    positive = eigenvalues[eigenvalues > 1e-15]
+    entropy = float(-(positive * positive.log()).sum())
+    return purity, entropy, k, covered
+
+
+def readout_from_logits(
+    logits: torch.Tensor,
+    unembedding: torch.Tensor,
+    target_id: int,
+    competitor_id: int,
+    *,
+    center: bool = False,
+    spectral_mass: float = SPECTRAL_MASS,
+    spectral_topk: int = SPECTRAL_TOPK,
+    with_spectrum: bool = True,
+) -> tuple[Readout, ReadoutState]:
+    """Compute the readout from next-token logits [V] and the output embedding matrix [V, d]."""
+    logits = logits.detach().double()
+    log_p = torch.log_softmax(logits, dim=-1)
+    p = log_p.exp()
+    g_c, g_n = overlap_columns(unembedding, target_id, competitor_id, center)
+    weight = g_c**2 - g_n**2
+    p_c, p_n = p[target_id], p[competitor_id]
+    overlap = g_c[competitor_id]
+    phi = torch.dot(p, weight)
+    signal = (p_c - p_n) * (1.0 - overlap**2)
+    bulk = torch.ones_like(p, dtype=torch.bool)
+    bulk[[target_id, competitor_id]] = False
+    drag = torch.dot(p[bulk], weight[bulk])  # summed on its own, so Φ = S + D is a real check
+    fidelity_c, fidelity_n = torch.dot(p, g_c**2), torch.dot(p, g_n**2)
+    z_c, z_n = logits[target_id], logits[competitor_id]
+    if with_spectrum and bool(torch.isfinite(p).all()):
+        purity, entropy, k, covered = spectral(unembedding, p, center, spectral_mass, spectral_topk)
+    else:
+        purity, entropy, k, covered = math.nan, math.nan, 0, math.nan
+    readout = Readout(
+        p_target=float(p_c),
+        p_competitor=float(p_n),
+        margin=float(z_c - z_n),
+        rank_target=int((logits > z_c).sum()) + 1,
+        rank_competitor=int((logits > z_n).sum()) + 1,
+        loss=float(-log_p[target_id]),
+        phi=float(phi),
+        signal=float(signal),
+        drag=float(drag),
+        overlap_tc=float(overlap),
+        fidelity_target=float(fidelity_c),
+        fidelity_competitor=float(fidelity_n),
+        purity=purity,
+        entropy=entropy,
+        topk=k,
+        topk_mass=covered,
+        geometry="centred" if center else "raw",
+    )
+    ids = torch.tensor([target_id, competitor_id])
+    states = token_states_for(unembedding.detach(), ids, center)
+    return readout, ReadoutState(p=p, weight=weight, state_target=states[0], state_competitor=states[1])
+
+
+def output_embedding(model) -> torch.Tensor:
+    """The unembedding matrix U [V, d] of any causal LM, PEFT-wrapped or not, tied or untied."""
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError(f"{type(model).__name__} exposes no output embedding (get_output_embeddings)")
+    return head.weight
+
+
+def last_token_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The model's own next-token logits [V] after ``input_ids`` (1 × L), from its own forward."""
+    out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    return out.logits[0, -1]
+
+
+def measure(
+    model,
+    tokenizer,
+    context: str,
+    target: str,
+    competitor: str | None = None,
+    *,
+    center: bool = False,
+) -> Readout:
+    """Read the instrument on ``context`` for ``target`` vs ``competitor``, leaving the model as it was.
+
+    Runs one forward pass under ``torch.no_grad`` in eval mode and restores the model's mode.
+    ``competitor=None`` picks one by the documented rule (see ``phantomlens.contexts``).
+    """
+    from phantomlens.contexts import resolve
+
+    spec = resolve(tokenizer, context, target, competitor, model=model)
+    with evaluation(model):
+        logits = last_token_logits(model, spec.input_ids)
+        readout, _ = readout_from_logits(
+            logits, output_embedding(model), spec.target_id, spec.competitor_id, center=center
+        )
+    return readout
+
+
+@contextlib.contextmanager
+def evaluation(model) -> Iterator[None]:
+    """Eval mode and no autograd for the block; every submodule's own mode is restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
