@@ -48,9 +48,10 @@ def test_fast_path_equals_explicit_density_matrix(tiny, center):
     assert r.overlap_tc == pytest.approx(float(states[c] @ states[n]), abs=1e-7)
     # k = V here, so the top-k spectrum is the whole spectrum of ρ.
     eig = torch.linalg.eigvalsh(rho)
-    assert r.purity == pytest.approx(float(torch.trace(rho @ rho)), abs=1e-9)
+    # The spectrum is computed in float32 (documented): agreement to ~1e-6.
+    assert r.purity == pytest.approx(float(torch.trace(rho @ rho)), abs=2e-6)
     positive = eig[eig > 1e-15]
-    assert r.entropy == pytest.approx(float(-(positive * positive.log()).sum()), abs=1e-7)
+    assert r.entropy == pytest.approx(float(-(positive * positive.log()).sum()), abs=2e-5)
 
 
 def test_rho_is_a_density_matrix(llama):
@@ -92,7 +93,8 @@ def test_golden_values_fixed_seed():
     r, _ = readout_from_logits(logits, u, 3, 7, spectral_mass=1.0, spectral_topk=64)
     golden = GOLDEN
     for key, value in golden.items():
-        assert getattr(r, key) == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        tolerance = 1e-5 if key in ("purity", "entropy") else 1e-9  # float32 spectrum
+        assert getattr(r, key) == pytest.approx(value, rel=1e-6, abs=tolerance), key
 
 
 GOLDEN = {
@@ -126,7 +128,7 @@ def test_topk_cutoff_covers_mass_and_is_capped():
         top_p, ids = torch.topk(p, k)
         top_p = top_p / top_p.sum()
         rho = states[ids].double().T @ (top_p[:, None] * states[ids].double())
-        assert purity == pytest.approx(float(torch.trace(rho @ rho)), abs=1e-9)
+        assert purity == pytest.approx(float(torch.trace(rho @ rho)), abs=2e-6)
 
 
 def test_logits_parity_with_model_forward(tiny):
@@ -172,3 +174,18 @@ def test_measure_on_peft_wrapped_model():
     assert r.margin == pytest.approx(plain.margin, abs=1e-6)
     assert r.phi == pytest.approx(plain.phi, abs=1e-9)
     assert math.isfinite(r.entropy)
+
+
+def test_overlap_cache_only_for_frozen_geometry_and_invalidated_by_updates():
+    from phantomlens.readout import overlap_columns
+
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(40, 6, generator=generator)
+    first = overlap_columns(u, 1, 2, False)
+    assert overlap_columns(u, 1, 2, False)[0] is first[0]  # frozen: cached
+    with torch.no_grad():
+        u.mul_(torch.linspace(0.5, 2.0, 6))  # an in-place update bumps the version counter
+    again = overlap_columns(u, 1, 2, False)
+    assert again[0] is not first[0] and not torch.equal(again[0], first[0])
+    trainable = torch.nn.Parameter(u.clone())
+    assert overlap_columns(trainable, 1, 2, False)[0] is not overlap_columns(trainable, 1, 2, False)[0]

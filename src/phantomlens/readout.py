@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
@@ -80,13 +81,35 @@ def token_states_for(unembedding: torch.Tensor, ids: torch.Tensor, center: bool)
 def overlap_columns(
     unembedding: torch.Tensor, target_id: int, competitor_id: int, center: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """G_·c and G_·n as float64 [V] vectors, in O(V·d) without forming normalised rows."""
+    """G_·c and G_·n as float64 [V] vectors, in O(V·d) without forming normalised rows.
+
+    Cached only while ``unembedding`` is frozen (``requires_grad`` False, as under LoRA), and
+    keyed on its in-place version counter too, so under LoRA they are computed once per run.
+    """
+    if unembedding.requires_grad:
+        return _overlap_columns(unembedding, target_id, competitor_id, center)
+    key = (id(unembedding), unembedding.data_ptr(), unembedding._version, center, target_id, competitor_id)
+    hit = _overlap_cache.get(key)
+    if hit is not None and hit[0]() is unembedding:
+        return hit[1], hit[2]
+    g_c, g_n = _overlap_columns(unembedding, target_id, competitor_id, center)
+    _overlap_cache.clear()  # one entry: runs measure one context at a time
+    _overlap_cache[key] = (weakref.ref(unembedding), g_c, g_n)
+    return g_c, g_n
+
+
+_overlap_cache: dict[tuple, tuple] = {}
+
+
+def _overlap_columns(
+    unembedding: torch.Tensor, target_id: int, competitor_id: int, center: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     weight = unembedding.detach().float()
     u_c, u_n = weight[target_id], weight[competitor_id]
     if center:
         mean = weight.mean(dim=0)
-        probes = torch.stack([u_c, u_n, mean], dim=1)  # [d, 3]
-        dots = (weight @ probes).double()  # [V, 3]
+        # F.linear (U @ probesᵀ with probes as rows) takes MKL's fast path: ~4× faster than U @ P.
+        dots = torch.nn.functional.linear(weight, torch.stack([u_c, u_n, mean])).double()  # [V, 3]
         mean64, uc64, un64 = mean.double(), u_c.double(), u_n.double()
         mm = mean64 @ mean64
         # (u_i − ū)·(u_j − ū) = u_i·u_j − u_i·ū − ū·u_j + ū·ū, so no centred copy of U is made.
@@ -94,8 +117,7 @@ def overlap_columns(
         dot_n = dots[:, 1] - dots[:, 2] - mean64 @ un64 + mm
         sq_norms = torch.linalg.vector_norm(weight, dim=1).double() ** 2 - 2 * dots[:, 2] + mm
     else:
-        probes = torch.stack([u_c, u_n], dim=1)
-        dots = (weight @ probes).double()
+        dots = torch.nn.functional.linear(weight, torch.stack([u_c, u_n])).double()
         dot_c, dot_n = dots[:, 0], dots[:, 1]
         sq_norms = torch.linalg.vector_norm(weight, dim=1).double() ** 2
     norms = sq_norms.clamp_min(1e-24).sqrt()
@@ -107,6 +129,48 @@ def overlap_columns(
     return g_c, g_n
 
 
+@dataclass
+class SpectrumInput:
+    """The top-k part of ρ, copied out of U: A = √p_k Ê_k, so that AAᵀ = √p G √p and AᵀA = ρ_k."""
+
+    weighted: torch.Tensor  # float32 [k, d]; a copy, so U may change while the spectrum is computed
+    k: int
+    covered: float  # probability mass of the k tokens (ρ_k is renormalised to trace 1)
+
+
+def spectrum_input(
+    unembedding: torch.Tensor,
+    p: torch.Tensor,
+    center: bool,
+    mass: float = SPECTRAL_MASS,
+    cap: int = SPECTRAL_TOPK,
+) -> SpectrumInput:
+    top_p, top_ids = torch.topk(p, min(cap, p.numel()))
+    cumulative = top_p.cumsum(0)
+    k = int(torch.searchsorted(cumulative, torch.tensor(mass, dtype=cumulative.dtype)).item()) + 1
+    k = min(k, top_p.numel())
+    pk, ids = top_p[:k], top_ids[:k]
+    covered = float(pk.sum())
+    # float32 is enough here (eigenvalues to ~1e-7) and keeps the per-step cost a few percent.
+    pk = (pk / pk.sum()).float()
+    states = token_states_for(unembedding.detach(), ids, center)  # [k, d]
+    return SpectrumInput(pk.sqrt()[:, None] * states, k, covered)
+
+
+def spectrum_of(inputs: SpectrumInput) -> tuple[float, float]:
+    """(purity, von Neumann entropy) from the smaller of the k×k and d×d Gram matrices."""
+    a = inputs.weighted
+    matrix = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a  # same nonzero spectrum
+    if not bool(torch.isfinite(matrix).all()):
+        return math.nan, math.nan
+    try:
+        eigenvalues = torch.linalg.eigvalsh(matrix).double().clamp_min(0.0)
+    except torch.linalg.LinAlgError:  # only seen on degenerate geometry from a diverging run
+        return math.nan, math.nan
+    positive = eigenvalues[eigenvalues > 1e-12]
+    return float((eigenvalues**2).sum()), float(-(positive * positive.log()).sum())
+
+
 def spectral(
     unembedding: torch.Tensor,
     p: torch.Tensor,
@@ -115,29 +179,9 @@ def spectral(
     cap: int = SPECTRAL_TOPK,
 ) -> tuple[float, float, int, float]:
     """Purity and von Neumann entropy of ρ_k over the top-k tokens: (purity, entropy, k, mass_k)."""
-    top_p, top_ids = torch.topk(p, min(cap, p.numel()))
-    cumulative = top_p.cumsum(0)
-    k = int(torch.searchsorted(cumulative, torch.tensor(mass, dtype=cumulative.dtype)).item()) + 1
-    k = min(k, top_p.numel())
-    pk, ids = top_p[:k], top_ids[:k]
-    covered = float(pk.sum())
-    pk = pk / pk.sum()
-    states = token_states_for(unembedding.detach(), ids, center).double()  # [k, d]
-    if k <= states.shape[1]:
-        root = pk.sqrt()
-        matrix = root[:, None] * (states @ states.T) * root[None, :]  # √p G √p, k×k
-    else:
-        matrix = states.T @ (pk[:, None] * states)  # ρ_k, d×d; same nonzero spectrum
-    if not bool(torch.isfinite(matrix).all()):
-        return math.nan, math.nan, k, covered
-    try:
-        eigenvalues = torch.linalg.eigvalsh(matrix).clamp_min(0.0)
-    except torch.linalg.LinAlgError:  # only seen on degenerate geometry from a diverging run
-        return math.nan, math.nan, k, covered
-    purity = float((eigenvalues**2).sum())
-    positive = eigenvalues[eigenvalues > 1e-15]
-    entropy = float(-(positive * positive.log()).sum())
-    return purity, entropy, k, covered
+    inputs = spectrum_input(unembedding, p, center, mass, cap)
+    purity, entropy = spectrum_of(inputs)
+    return purity, entropy, inputs.k, inputs.covered
 
 
 def readout_from_logits(

@@ -13,7 +13,8 @@ import math
 import platform
 import time
 import warnings
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -26,14 +27,20 @@ from phantomlens.models import DEFAULT_MODEL
 from phantomlens.readout import (
     SPECTRAL_MASS,
     SPECTRAL_TOPK,
+    Readout,
     ReadoutState,
+    SpectrumInput,
     evaluation,
     last_token_logits,
     output_embedding,
     readout_from_logits,
+    spectrum_input,
+    spectrum_of,
 )
 
-DEFAULT_LR = 1e-4
+#: Default peak LR per mode: chosen so that the default context flips mid-run on SmolLM2-135M
+#: (full: flip at step 22 of 50; LoRA: step 32), which shows the regime phantomlens is about.
+DEFAULT_LR = {"full": 1e-6, "lora": 1e-4}
 
 
 @dataclass
@@ -49,7 +56,7 @@ class RunConfig(JsonConfig):
         None, "the near-synonym to beat, a single token; omitted: picked by the documented rule"
     )
     mode: str = option("full", "train all weights, or LoRA adapters only", choices=("full", "lora"))
-    lr: float = option(DEFAULT_LR, "peak learning rate η")
+    lr: float | None = option(None, "peak learning rate η (default: 1e-6 full, 1e-4 LoRA)")
     steps: int = option(50, "number of optimiser steps T")
     schedule: str = option(
         "cosine",
@@ -71,8 +78,14 @@ class RunConfig(JsonConfig):
         None, "loss above which the run counts as diverged (default: max(2 ln V, 2 × initial loss))"
     )
     spectral_mass: float = option(SPECTRAL_MASS, "probability mass the top-k spectrum must cover")
-    spectral_topk: int = option(SPECTRAL_TOPK, "largest k for purity and entropy")
+    spectral_topk: int = option(
+        SPECTRAL_TOPK, "largest k for purity and entropy; 0 skips them (the cheapest readout)"
+    )
     trust_remote_code: bool = option(False, "allow a hub model's own code to run (off by default)")
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            self.lr = DEFAULT_LR.get(self.mode, DEFAULT_LR["full"])
 
     def validate(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -87,8 +100,8 @@ class RunConfig(JsonConfig):
             raise PhantomLensError(f"--schedule must be cosine or constant, got {self.schedule!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise PhantomLensError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
-        if not 0 < self.spectral_mass <= 1 or self.spectral_topk < 1:
-            raise PhantomLensError("--spectral-mass must be in (0, 1] and --spectral-topk ≥ 1")
+        if not 0 < self.spectral_mass <= 1 or self.spectral_topk < 0:
+            raise PhantomLensError("--spectral-mass must be in (0, 1] and --spectral-topk ≥ 0")
 
 
 def schedule_factors(steps: int, schedule: str = "cosine", warmup_fraction: float = 0.1) -> list[float]:
@@ -200,7 +213,7 @@ def prepare_model(model, config: RunConfig):
         ) from None
 
 
-def _optimizer(config: RunConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(config: RunConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(
             parameters, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
@@ -232,7 +245,7 @@ def _displacement(now: ReadoutState, before: ReadoutState | None) -> tuple[float
     )
 
 
-class _Recorder:
+class Recorder:
     """Turns successive readouts into trajectory rows, with lag-1 and lag-2 changes."""
 
     def __init__(self) -> None:
@@ -251,6 +264,71 @@ class _Recorder:
         return row
 
 
+@dataclass
+class Pending:
+    """A readout whose top-k spectrum may still be computing in the worker thread."""
+
+    readout: Readout
+    state: ReadoutState
+    spectrum: tuple[SpectrumInput, Future] | None
+
+
+class Instrument:
+    """Per-step readouts of one context, recorded as trajectory rows.
+
+    ``observe(logits)`` reads Φ, signal, drag and the rest at once and starts the top-k spectrum
+    (a d×d eigensolve) in a worker thread, on rows copied out of U, so the caller may run backward
+    and the optimiser step meanwhile; ``record(pending, step, lr)`` waits for it and adds the row.
+    """
+
+    def __init__(self, unembedding: torch.Tensor, target_id: int, competitor_id: int, config) -> None:
+        self.unembedding = unembedding
+        self.target_id, self.competitor_id = target_id, competitor_id
+        self.center = config.center
+        self.spectral_mass, self.spectral_topk = config.spectral_mass, config.spectral_topk
+        self.recorder = Recorder()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phantomlens-spectrum")
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.recorder.rows
+
+    def observe(self, logits: torch.Tensor) -> Pending:
+        readout, state = readout_from_logits(
+            logits,
+            self.unembedding,
+            self.target_id,
+            self.competitor_id,
+            center=self.center,
+            with_spectrum=False,
+        )
+        if self.spectral_topk == 0 or not bool(torch.isfinite(state.p).all()):
+            return Pending(readout, state, None)
+        inputs = spectrum_input(
+            self.unembedding, state.p, self.center, self.spectral_mass, self.spectral_topk
+        )
+        return Pending(readout, state, (inputs, self._pool.submit(spectrum_of, inputs)))
+
+    def record(self, pending: Pending, step: int, lr: float) -> dict:
+        readout = pending.readout
+        if pending.spectrum is not None:
+            inputs, future = pending.spectrum
+            purity, entropy = future.result()
+            readout = replace(
+                readout, purity=purity, entropy=entropy, topk=inputs.k, topk_mass=inputs.covered
+            )
+        return self.recorder.add(step, lr, readout, pending.state)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Instrument:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def finetune(
     config: RunConfig | None = None,
     *,
@@ -267,7 +345,8 @@ def finetune(
     ``config`` fields may also be given as keyword arguments. With ``model``/``tokenizer`` given,
     that model is trained in place (LoRA mode wraps it with PEFT adapters); otherwise
     ``config.model`` is loaded. With ``out``, the run directory is written atomically.
-    ``step_callback(step, row)`` is called after each readout; returning True stops the run early.
+    ``step_callback(step, row)`` is called with each step's row, after that step's update;
+    returning True stops the run there (the final readout then follows, as at the end of T steps).
     """
     from tqdm.auto import tqdm
 
@@ -286,67 +365,55 @@ def finetune(
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise PhantomLensError("the model has no trainable parameters in this mode")
-    optimizer = _optimizer(config, trainable)
+    optimizer = make_optimizer(config, trainable)
     factors = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
     unembedding = output_embedding(model)
     vocab = unembedding.shape[0]
     hash_start = embedding_sha256(model)
-    recorder = _Recorder()
+    instrument = Instrument(unembedding, spec.target_id, spec.competitor_id, config)
     status, reason, diverged_step, stopped_early = "completed", "", None, False
     cutoff = config.diverge_loss
-    readout_kwargs = {
-        "center": config.center,
-        "spectral_mass": config.spectral_mass,
-        "spectral_topk": config.spectral_topk,
-    }
-    show = progress if progress is not None else None
-    bar = tqdm(total=config.steps, desc="fine-tuning", unit="step", disable=show is False, leave=False)
+    bar = tqdm(total=config.steps, desc="fine-tuning", unit="step", disable=progress is False, leave=False)
     started = time.perf_counter()
     target = torch.tensor([spec.target_id])
-    for step in range(config.steps):
-        lr = config.lr * factors[step]
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        logits = last_token_logits(model, spec.input_ids)
-        loss = torch.nn.functional.cross_entropy(logits.float().unsqueeze(0), target)
-        readout, state = readout_from_logits(
-            logits, unembedding, spec.target_id, spec.competitor_id, **readout_kwargs
-        )
-        row = recorder.add(step, lr, readout, state)
-        if cutoff is None:
-            cutoff = max(2 * math.log(vocab), 2 * readout.loss)
-        if not math.isfinite(readout.loss) or not torch.isfinite(logits).all():
-            status, reason, diverged_step = "diverged", "non-finite loss or logits", step
-            break
-        if readout.loss > cutoff:
-            status, reason, diverged_step = (
-                "diverged",
-                f"loss {readout.loss:.3g} > {cutoff:.3g}",
-                step,
-            )
-            break
-        if step_callback is not None and step_callback(step, row):
-            stopped_early = True
-            break
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(loss=f"{readout.loss:.3f}", margin=f"{readout.margin:+.2f}")
-    else:
-        with evaluation(model):
-            logits = last_token_logits(model, spec.input_ids)
-        readout, state = readout_from_logits(
-            logits, unembedding, spec.target_id, spec.competitor_id, **readout_kwargs
-        )
-        recorder.add(config.steps, math.nan, readout, state)
-        if not math.isfinite(readout.loss) or not torch.isfinite(logits).all():
-            status, reason, diverged_step = "diverged", "non-finite loss or logits", config.steps
+    with instrument:
+        updates = 0
+        for step in range(config.steps):
+            lr = config.lr * factors[step]
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits, loss = forward_loss(model, spec.input_ids, target)
+            pending = instrument.observe(logits)
+            loss_value = pending.readout.loss
+            if cutoff is None:
+                cutoff = max(2 * math.log(vocab), 2 * loss_value)
+            if not math.isfinite(loss_value) or not bool(torch.isfinite(logits).all()):
+                status, reason, diverged_step = "diverged", "non-finite loss or logits", step
+            elif loss_value > cutoff:
+                status, reason = "diverged", f"loss {loss_value:.3g} above cut-off {cutoff:.3g}"
+                diverged_step = step
+            else:
+                update(loss, optimizer)  # overlaps with the spectrum of this step's readout
+                updates += 1
+            row = instrument.record(pending, step, lr)
+            if status == "diverged":
+                break
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", margin=f"{row['margin']:+.2f}")
+            if step_callback is not None and step_callback(step, row):
+                stopped_early = True
+                break
+        if status == "completed":
+            with evaluation(model):
+                logits = last_token_logits(model, spec.input_ids)
+            row = instrument.record(instrument.observe(logits), updates, math.nan)
+            if not math.isfinite(row["loss"]) or not bool(torch.isfinite(logits).all()):
+                status, reason, diverged_step = "diverged", "non-finite loss or logits", updates
     bar.close()
     wall = time.perf_counter() - started
     optimizer.zero_grad(set_to_none=True)
     hash_end = embedding_sha256(model)
-    trajectory = pd.DataFrame(recorder.rows)
+    trajectory = pd.DataFrame(instrument.rows)
     notes = list(spec.notes)
     if config.mode == "lora" and hash_start != hash_end:
         notes.append("WARNING: the embedding matrix changed under LoRA")
@@ -373,6 +440,18 @@ def finetune(
         result.out_dir = write_run(Path(out), config, result, overwrite=overwrite)
         result.summary["out_dir"] = str(result.out_dir)
     return result
+
+
+def forward_loss(model, input_ids: torch.Tensor, target: torch.Tensor):
+    """Next-token logits [V] (with autograd) and the cross-entropy −log p(target)."""
+    logits = last_token_logits(model, input_ids)
+    return logits, torch.nn.functional.cross_entropy(logits.float().unsqueeze(0), target)
+
+
+def update(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def summarize(

@@ -1,0 +1,58 @@
+"""Integration tests on the real SmolLM2-135M (dequantized from its PyPI GGUF into the cache)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from phantomlens.contexts import builtin_contexts, resolve
+from phantomlens.readout import evaluation, last_token_logits, measure, output_embedding
+from phantomlens.train import finetune
+
+pytestmark = pytest.mark.integration
+
+
+def test_logits_parity_with_the_real_model(smollm2):
+    model, tokenizer = smollm2
+    ctx = builtin_contexts()[0]
+    ids = torch.tensor([tokenizer.encode(ctx.text)])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[0, -1]
+        hidden = model.model(input_ids=ids).last_hidden_state[0, -1]
+    with evaluation(model):
+        ours = last_token_logits(model, ids)
+    assert torch.equal(full, ours)
+    # The readout's geometry is the real unembedding: z = U h (tied, no bias).
+    recomputed = output_embedding(model) @ hidden
+    assert torch.allclose(recomputed, full, atol=1e-4)
+    r = measure(model, tokenizer, ctx.text, ctx.target, ctx.competitor)
+    c, n = tokenizer.encode(ctx.target)[0], tokenizer.encode(ctx.competitor)[0]
+    assert r.margin == pytest.approx(float(full[c] - full[n]), abs=1e-6)
+    assert r.phi == pytest.approx(r.signal + r.drag, abs=1e-12)
+
+
+def test_every_builtin_context_is_valid_on_smollm2(smollm2):
+    model, tokenizer = smollm2
+    for ctx in builtin_contexts():
+        spec = resolve(tokenizer, ctx.text, ctx.target, ctx.competitor, model=model, warn=False)
+        assert not spec.notes, (ctx.name, spec.notes)  # no "nothing to flip"
+
+
+@pytest.mark.parametrize(("mode", "lr"), [("full", 1e-5), ("lora", 1e-2)])
+def test_short_real_run_flips(smollm2, mode, lr):
+    model, tokenizer = smollm2
+    model = copy.deepcopy(model)
+    result = finetune(
+        model=model, tokenizer=tokenizer, context="shame", mode=mode, lr=lr, steps=6,
+        schedule="constant", progress=False,
+    )
+    s, t = result.summary, result.trajectory
+    assert s["status"] == "completed"
+    assert s["flipped"] and s["flipped_at_end"], t[["step", "loss", "margin"]]
+    assert s["margin_initial"] < 0 < s["margin_final"]
+    assert (t["phi"] - (t["signal"] + t["drag"])).abs().max() < 1e-12
+    assert s["embeddings_unchanged"] == (mode == "lora")
+    if mode == "lora":
+        assert (t["geometric_1"].iloc[1:] == 0).all() and (t["cross_1"].iloc[1:] == 0).all()
