@@ -116,6 +116,7 @@ def test_run_directory_contents(tmp_path):
         "trajectory.parquet",
         "summary.json",
         "trajectory.png",
+        "events.json",
     }
     summary = json.loads((out / "summary.json").read_text())
     for key in (

@@ -66,16 +66,118 @@ def _default_out(config) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     from phantomlens.config import from_namespace
     from phantomlens.train import RunConfig, finetune
+    from phantomlens.transitions import AnalysisConfig
 
     config = from_namespace(RunConfig, args)
     config.validate()
     out = Path(args.out) if args.out else _default_out(config)
-    result = finetune(config, out=out, overwrite=args.overwrite, progress=None if not args.json else False)
+    result = finetune(
+        config,
+        out=out,
+        overwrite=args.overwrite,
+        progress=None if not args.json else False,
+        analysis=from_namespace(AnalysisConfig, args),
+    )
     if args.json:
         print(json.dumps(result.summary, indent=2))
         return 0
     print(format_run_summary(result.summary))
+    if result.events["jumps"]:
+        print()
+        print(format_events(result.events))
     return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from phantomlens.config import from_namespace
+    from phantomlens.rundir import EVENTS_FILE, reanalyze
+    from phantomlens.transitions import AnalysisConfig
+
+    config = from_namespace(AnalysisConfig, args)
+    for run_dir in args.run_dirs:
+        summary, events = reanalyze(run_dir, config)
+        if args.json:
+            print(json.dumps(events, indent=2))
+            continue
+        ctx = summary["context"]
+        print(
+            f"{run_dir}: {ctx['text']!r} →{ctx['target']!r} vs{ctx['competitor']!r} "
+            f"({summary['config']['mode']}, η={summary['config']['lr']:g})"
+        )
+        print(format_events(events))
+        print(f"written   {Path(run_dir) / EVENTS_FILE}\n")
+    return 0
+
+
+def format_events(events: dict) -> str:
+    detail = events["outcome_detail"]
+    lines = [
+        f"outcome   {events['outcome']}"
+        + ("  (SILENT: the loss fell, the target never won)" if events["silent"] else "")
+        + f"; loss fell {detail['loss_drop_fraction']:.0%}, drag changed {detail['drag_change']:+.4f}, "
+        f"max signal {detail['signal_max']:+.3f}",
+    ]
+    frozen = events["frozen_geometry"]
+    if frozen["embeddings_unchanged"]:
+        lines.append(
+            "geometry  embeddings bit-identical (sha256 "
+            f"{frozen['embedding_sha256'][:12]}…): Γ = X = 0 exactly at every step"
+        )
+    jumps = events["jumps"]
+    if not jumps:
+        lines.append("jumps     none (no step changed Φ suddenly)")
+    else:
+        rows = []
+        for j in jumps:
+            rows.append(
+                [
+                    f"{j['step_from']}→{j['step']}",
+                    f"{j['delta_phi']:+.3f}",
+                    f"{j['readout']:+.3f}",
+                    f"{j['geometric']:+.1e}",
+                    f"{j['cross']:+.1e}",
+                    f"{j['readout_fraction']:.2f}",
+                    "PHANTOM" if j["phantom"] else "geometric",
+                    f"{j['margin_before']:+.2f}→{j['margin_after']:+.2f}",
+                    f"{j['margin_velocity']:.2f}",
+                    f"{j['predicted_delta_phi']:+.3f}",
+                    f"{j['prediction_error']:+.0%}",
+                    "YES" if j["symmetry_breaking"] else "no",
+                ]
+            )
+        lines.append(
+            _table(
+                rows,
+                [
+                    "steps",
+                    "ΔΦ",
+                    "R",
+                    "Γ",
+                    "X",
+                    "R/ΔΦ",
+                    "verdict",
+                    "margin",
+                    "v",
+                    "ΔΦ pred",
+                    "pred err",
+                    "sym.break",
+                ],
+            )
+        )
+        lines.append(
+            f"          {events['n_phantom_jumps']} of {events['n_jumps']} jumps are phantoms "
+            f"(|R| ≥ {events['thresholds']['phantom_fraction']}·|ΔΦ|): the change lives in the softmax "
+            "readout, not in the embeddings."
+            if events["n_phantom_jumps"]
+            else f"          none of the {events['n_jumps']} jumps is a phantom."
+        )
+    t = events["thresholds"]
+    lines.append(
+        f"thresholds jump |ΔΦ| ≥ {t['jump_min_abs']}, robust z ≥ {t['jump_min_z']}, share ≥ "
+        f"{t['jump_min_share']} within ±{t['jump_context']}; phantom |R|/|ΔΦ| ≥ {t['phantom_fraction']}; "
+        f"structural drag fall > {t['drag_worsening']}; silent loss drop ≥ {t['silent_loss_drop']:.0%}"
+    )
+    return "\n".join(lines)
 
 
 def format_run_summary(s: dict) -> str:
@@ -193,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     from phantomlens.config import add_arguments
     from phantomlens.models import DEFAULT_MODEL
     from phantomlens.train import RunConfig
+    from phantomlens.transitions import AnalysisConfig
 
     parser = _Parser(prog="phantomlens", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"phantomlens {__version__}")
@@ -204,10 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
         description=("Fine-tune on one context and record the readout at every step."),
     )
     add_arguments(run, RunConfig)
+    add_arguments(run.add_argument_group("transitions analysis"), AnalysisConfig)
     run.add_argument("--out", help="run directory to write (default: runs/<model>-<context>-<mode>-lr<η>)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--json", action="store_true", help="print summary.json to stdout")
     run.set_defaults(func=cmd_run)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="jumps, phantom test and outcome of stored runs",
+        description="Detect catapult-like jumps in Φ, decompose each into "
+        "readout/geometric/cross parts, and classify the run's outcome.",
+    )
+    analyze.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    add_arguments(analyze, AnalysisConfig)
+    analyze.add_argument("--json", action="store_true", help="print events.json to stdout")
+    analyze.set_defaults(func=cmd_analyze)
 
     contexts = sub.add_parser("contexts", help="list the built-in contexts with step-0 readouts")
     contexts.add_argument("--model", default=DEFAULT_MODEL, help="model to rank them with")

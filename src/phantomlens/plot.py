@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -72,7 +73,11 @@ def trajectory_figure(trajectory: pd.DataFrame, summary: dict, jumps: list[dict]
 def plot_trajectory(trajectory: pd.DataFrame, summary: dict, path: Path, jumps=None) -> Path:
     import matplotlib.pyplot as plt
 
+    from phantomlens.atomic import write_bytes_atomic
+
     fig = trajectory_figure(trajectory, summary, jumps)
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return path
+    write_bytes_atomic(Path(path), buffer.getvalue())
+    return Path(path)

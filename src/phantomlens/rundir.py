@@ -17,6 +17,7 @@ from phantomlens.errors import PhantomLensError
 CONFIG_FILE = "config.json"
 TRAJECTORY_FILE = "trajectory.parquet"
 SUMMARY_FILE = "summary.json"
+EVENTS_FILE = "events.json"
 PLOT_FILE = "trajectory.png"
 
 
@@ -29,10 +30,26 @@ def write_run(out: Path, config, result, overwrite: bool = False) -> Path:
             {**config.to_dict(), "context_resolved": result.summary["context"]},
         )
         result.trajectory.to_parquet(staging / TRAJECTORY_FILE, index=False)
-        plot_trajectory(result.trajectory, result.summary, staging / PLOT_FILE)
+        plot_trajectory(result.trajectory, result.summary, staging / PLOT_FILE, result.events.get("jumps"))
+        write_json_atomic(staging / EVENTS_FILE, result.events)
         summary = {**result.summary, "out_dir": str(out)}
         write_json_atomic(staging / SUMMARY_FILE, summary)
     return out
+
+
+def reanalyze(run_dir: str | Path, config=None) -> tuple[dict, dict]:
+    """Re-run the transitions analysis on a stored run; rewrite events.json, summary.json and the plot."""
+    from phantomlens.plot import plot_trajectory
+    from phantomlens.transitions import analyze, summary_fields
+
+    run_dir = Path(run_dir)
+    summary, trajectory = read_run(run_dir)
+    events = analyze(trajectory, summary, config)
+    summary.update(summary_fields(events))
+    write_json_atomic(run_dir / EVENTS_FILE, events)
+    plot_trajectory(trajectory, summary, run_dir / PLOT_FILE, events["jumps"])
+    write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    return summary, events
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:

@@ -37,6 +37,7 @@ from phantomlens.readout import (
     spectrum_input,
     spectrum_of,
 )
+from phantomlens.transitions import AnalysisConfig, analyze, summary_fields
 
 #: Default peak LR per mode: chosen so that the default context flips mid-run on SmolLM2-135M
 #: (full: flip at step 22 of 50; LoRA: step 32), which shows the regime phantomlens is about.
@@ -162,6 +163,7 @@ class RunResult:
     trajectory: pd.DataFrame
     out_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    events: dict = field(default_factory=dict)  # the transitions analysis (events.json)
 
     @property
     def status(self) -> str:
@@ -338,6 +340,7 @@ def finetune(
     overwrite: bool = False,
     progress: bool | None = None,
     step_callback=None,
+    analysis: AnalysisConfig | None = None,
     **overrides,
 ) -> RunResult:
     """Run one instrumented fine-tuning run and return its trajectory and summary.
@@ -433,7 +436,9 @@ def finetune(
         vocab=vocab,
         notes=notes,
     )
-    result = RunResult(summary=summary, trajectory=trajectory, notes=notes)
+    events = analyze(trajectory, summary, analysis)
+    summary.update(summary_fields(events))
+    result = RunResult(summary=summary, trajectory=trajectory, notes=notes, events=events)
     if out is not None:
         from phantomlens.rundir import write_run
 
