@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
@@ -23,6 +29,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results should read like any file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -62,6 +69,7 @@ def staged_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~_umask())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

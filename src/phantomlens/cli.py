@@ -109,6 +109,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from phantomlens.report import write_report
+
+    out = write_report(args.run_dirs, args.out)
+    print(f"written {out} ({len(args.run_dirs)} run{'s' if len(args.run_dirs) != 1 else ''})")
+    return 0
+
+
 def format_events(events: dict) -> str:
     detail = events["outcome_detail"]
     lines = [
@@ -323,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(analyze, AnalysisConfig)
     analyze.add_argument("--json", action="store_true", help="print events.json to stdout")
     analyze.set_defaults(func=cmd_analyze)
+
+    report = sub.add_parser("report", help="one self-contained HTML page for one or more runs")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    report.set_defaults(func=cmd_report)
 
     contexts = sub.add_parser("contexts", help="list the built-in contexts with step-0 readouts")
     contexts.add_argument("--model", default=DEFAULT_MODEL, help="model to rank them with")
