@@ -56,3 +56,23 @@ def test_short_real_run_flips(smollm2, mode, lr):
     assert s["embeddings_unchanged"] == (mode == "lora")
     if mode == "lora":
         assert (t["geometric_1"].iloc[1:] == 0).all() and (t["cross_1"].iloc[1:] == 0).all()
+
+
+def test_real_lora_run_has_a_phantom_jump_with_frozen_embeddings(smollm2, tmp_path):
+    from phantomlens.cli import main
+
+    model, tokenizer = smollm2
+    result = finetune(
+        model=copy.deepcopy(model), tokenizer=tokenizer, context="shame", mode="lora", lr=3e-3,
+        steps=10, schedule="constant", progress=False, out=tmp_path / "run",
+    )
+    events, summary = result.events, result.summary
+    assert summary["embeddings_unchanged"] and events["frozen_geometry"]["geometric_and_cross_exactly_zero"]
+    assert summary["n_jumps"] >= 1 and summary["n_phantom_jumps"] == summary["n_jumps"]
+    jump = max(events["jumps"], key=lambda j: abs(j["delta_phi"]))
+    assert jump["geometric"] == 0.0 and jump["cross"] == 0.0
+    assert jump["readout"] == pytest.approx(jump["delta_phi"], abs=1e-12)
+    assert jump["margin_velocity"] > 1.0  # the readout crosses its transition within a step
+    # The margin alone misses when the pair holds little mass; weighted by it, the readout explains all.
+    assert abs(jump["prediction_error_pair"]) < 0.1
+    assert main(["analyze", str(tmp_path / "run")]) == 0
