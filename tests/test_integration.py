@@ -45,8 +45,14 @@ def test_short_real_run_flips(smollm2, mode, lr):
     model, tokenizer = smollm2
     model = copy.deepcopy(model)
     result = finetune(
-        model=model, tokenizer=tokenizer, context="shame", mode=mode, lr=lr, steps=6,
-        schedule="constant", progress=False,
+        model=model,
+        tokenizer=tokenizer,
+        context="shame",
+        mode=mode,
+        lr=lr,
+        steps=6,
+        schedule="constant",
+        progress=False,
     )
     s, t = result.summary, result.trajectory
     assert s["status"] == "completed"
@@ -63,8 +69,15 @@ def test_real_lora_run_has_a_phantom_jump_with_frozen_embeddings(smollm2, tmp_pa
 
     model, tokenizer = smollm2
     result = finetune(
-        model=copy.deepcopy(model), tokenizer=tokenizer, context="shame", mode="lora", lr=3e-3,
-        steps=10, schedule="constant", progress=False, out=tmp_path / "run",
+        model=copy.deepcopy(model),
+        tokenizer=tokenizer,
+        context="shame",
+        mode="lora",
+        lr=3e-3,
+        steps=10,
+        schedule="constant",
+        progress=False,
+        out=tmp_path / "run",
     )
     events, summary = result.events, result.summary
     assert summary["embeddings_unchanged"] and events["frozen_geometry"]["geometric_and_cross_exactly_zero"]

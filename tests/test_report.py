@@ -23,8 +23,18 @@ def two_runs(tmp_path):
         model, tokenizer = make_tiny("llama")
         target, competitor = tiny_pair(model, tokenizer, text)
         out = tmp_path / f"run{index}"
-        finetune(model=model, tokenizer=tokenizer, context=text, target=target, competitor=competitor,
-                 mode=mode, steps=5, lr=0.05, out=out, progress=False)
+        finetune(
+            model=model,
+            tokenizer=tokenizer,
+            context=text,
+            target=target,
+            competitor=competitor,
+            mode=mode,
+            steps=5,
+            lr=0.05,
+            out=out,
+            progress=False,
+        )
         dirs.append(out)
     return dirs
 
@@ -44,17 +54,29 @@ def test_report_renders_in_headless_chromium(two_runs, tmp_path):
     if browser is None:
         pytest.skip("Debian chromium is not installed (.ci/run installs it)")
     out = write_report(two_runs, tmp_path / "report.html")
-    common = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([browser, *common, "--dump-dom", out.as_uri()], capture_output=True,
-                         text=True, timeout=120)
+    common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [browser, *common, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120
+    )
     assert "phantomlens report" in dom.stdout
     assert "<script>" not in dom.stdout  # the hostile context stayed text
     assert dom.stdout.count("<img") == 3
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, *common, "--window-size=1280,2000", f"--screenshot={shot}", out.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [browser, *common, "--window-size=1280,2000", f"--screenshot={shot}", out.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
 
 

@@ -47,9 +47,17 @@ def synthetic(
     rows = []
     for i in range(steps + 1):
         row = {
-            "step": i, "phi": phi[i], "margin": margins[i], "p_target": p_c[i], "p_competitor": p_n[i],
-            "overlap_tc": overlaps[i], "loss": -math.log(p_c[i]), "signal": readout_phi[i], "drag": 0.0,
-            "disp_target": disp[i] if i else math.nan, "disp_competitor": disp[i] if i else math.nan,
+            "step": i,
+            "phi": phi[i],
+            "margin": margins[i],
+            "p_target": p_c[i],
+            "p_competitor": p_n[i],
+            "overlap_tc": overlaps[i],
+            "loss": -math.log(p_c[i]),
+            "signal": readout_phi[i],
+            "drag": 0.0,
+            "disp_target": disp[i] if i else math.nan,
+            "disp_competitor": disp[i] if i else math.nan,
         }
         for lag in (1, 2):
             if i >= lag:

@@ -109,6 +109,33 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from phantomlens.config import from_namespace
+    from phantomlens.sweep import Sweep, SweepConfig
+
+    config = from_namespace(SweepConfig, args)
+    table = Sweep(config, args.out).run(progress=None if not args.json else False)
+    if args.json:
+        print(json.dumps(json.loads((Path(args.out) / "summary.json").read_text()), indent=2))
+        return 0
+    rows = [
+        [
+            r.context,
+            _fmt(r.eta_c),
+            _fmt(r.bracket_low),
+            _fmt(r.bracket_high),
+            _fmt(r.eta_max),
+            str(r.runs_used),
+            _fmt(r.eta_c_predicted_kappa1),
+            r.note,
+        ]
+        for r in table.itertuples()
+    ]
+    print(_table(rows, ["context", "eta_c", "low", "high", "eta_max", "runs", "predicted(κ=1)", "note"]))
+    print(f"written   {Path(args.out) / 'critical_lr.parquet'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from phantomlens.report import write_report
 
@@ -302,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     from phantomlens import __version__
     from phantomlens.config import add_arguments
     from phantomlens.models import DEFAULT_MODEL
+    from phantomlens.sweep import SweepConfig
     from phantomlens.train import RunConfig
     from phantomlens.transitions import AnalysisConfig
 
@@ -336,6 +364,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     report.set_defaults(func=cmd_report)
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="measure η_c (and η_max) per context by bisection",
+        description="Bracket and bisect the critical learning rate in log-LR. "
+        "Resumable: rerun the same command to continue a killed sweep.",
+    )
+    add_arguments(sweep, SweepConfig)
+    sweep.add_argument("--out", required=True, help="sweep directory (created, or resumed)")
+    sweep.add_argument("--json", action="store_true", help="print the sweep summary JSON")
+    sweep.set_defaults(func=cmd_sweep)
 
     contexts = sub.add_parser("contexts", help="list the built-in contexts with step-0 readouts")
     contexts.add_argument("--model", default=DEFAULT_MODEL, help="model to rank them with")

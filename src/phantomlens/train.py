@@ -376,7 +376,13 @@ def finetune(
     instrument = Instrument(unembedding, spec.target_id, spec.competitor_id, config)
     status, reason, diverged_step, stopped_early = "completed", "", None, False
     cutoff = config.diverge_loss
-    bar = tqdm(total=config.steps, desc="fine-tuning", unit="step", disable=progress is False, leave=False)
+    bar = tqdm(
+        total=config.steps,
+        desc="fine-tuning",
+        unit="step",
+        disable=None if progress is None else not progress,
+        leave=False,
+    )
     started = time.perf_counter()
     target = torch.tensor([spec.target_id])
     with instrument:

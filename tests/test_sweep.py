@@ -1,0 +1,207 @@
+"""Critical-LR sweeps: the search on known answers, resume after a kill, concurrency, Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from phantomlens.sweep import DIVERGED, FAILURE, SUCCESS, SweepConfig, lr_key, plan
+
+
+def oracle(eta_c: float | None, eta_max: float | None):
+    def outcome(lr: float) -> str:
+        if eta_max is not None and lr >= eta_max:
+            return DIVERGED
+        if eta_c is not None and lr >= eta_c:
+            return SUCCESS
+        return FAILURE
+
+    return outcome
+
+
+def drive(outcome, start: float, config: SweepConfig, limit: int = 200):
+    records: dict[float, str] = {}
+    for _ in range(limit):
+        step = plan(records, start, config)
+        if step.next_lr is None:
+            return step, records
+        assert step.next_lr not in records, "a run was proposed twice"
+        records[step.next_lr] = outcome(step.next_lr)
+    raise AssertionError("the search did not end")
+
+
+@pytest.mark.parametrize("start", [1e-7, 3e-6, 1e-4, 0.5])
+def test_bisection_brackets_both_limits_to_one_percent(start):
+    config = SweepConfig(tolerance=0.01)
+    truth_c, truth_max = 3.3e-6, 2.2e-3
+    step, records = drive(oracle(truth_c, truth_max), start, config)
+    assert step.bracket_low < truth_c <= step.bracket_high == step.eta_c
+    assert step.bracket_high / step.bracket_low <= 1.01
+    assert step.eta_max_low < truth_max <= step.eta_max
+    assert step.eta_max / step.eta_max_low <= 1.01
+    assert len(records) < 40
+
+
+def test_no_success_below_divergence_is_reported():
+    step, _ = drive(oracle(None, 1e-3), 1e-5, SweepConfig())
+    assert step.eta_c is None and step.eta_max is not None
+    assert "no LR below the divergence limit" in step.note
+    narrow, _ = drive(oracle(1.5e-3, 1e-3), 1e-5, SweepConfig())  # success region empty
+    assert narrow.eta_c is None
+
+
+def test_eta_max_optional_and_limits_respected():
+    step, records = drive(oracle(1e-5, 1e-2), 1e-6, SweepConfig(eta_max=False))
+    assert step.eta_c is not None and step.eta_max is None
+    assert all(lr < 1e-2 for lr in records)
+    capped, _ = drive(oracle(1e-5, None), 1e-6, SweepConfig(max_lr=1e-3))
+    assert capped.eta_max is None and "no divergence" in capped.note
+
+
+def test_plan_is_a_pure_function_of_the_records():
+    """Resuming = replaying: the same records always give the same next run."""
+    config = SweepConfig()
+    outcome = oracle(2e-5, 1e-2)
+    _, records = drive(outcome, 1e-6, config)
+    ordered = list(records.items())
+    for cut in range(len(ordered)):
+        partial = dict(ordered[:cut])
+        assert plan(partial, 1e-6, config).next_lr == ordered[cut][0]
+
+
+def test_lr_keys_are_stable():
+    assert lr_key(1e-4 * 3) == lr_key(0.00030000000000000003)
+    assert f"{lr_key(math.sqrt(1e-6 * 4e-6)):.10g}" == "2e-06"
+
+
+# --- real sweeps on a tiny model ---------------------------------------------------------------
+
+SWEEP_ARGS = [
+    "--contexts",
+    "shame",
+    "tale",
+    "--mode",
+    "full",
+    "--steps",
+    "4",
+    "--schedule",
+    "constant",
+    "--max-lr",
+    "1.0",
+    "--tolerance",
+    "0.05",
+    "--workers",
+    "1",
+]
+
+
+def cli(*argv, env=None, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "phantomlens.cli", *map(str, argv)],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        **kwargs,
+    )
+
+
+def finished(out, tiny_dir) -> pd.DataFrame:
+    proc = cli("sweep", "--model", tiny_dir, *SWEEP_ARGS, "--out", out)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return pd.read_parquet(out / "critical_lr.parquet")
+
+
+def record_files(out):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.glob("runs/**/lr=*.json")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    from conftest import make_tiny
+
+    base = tmp_path_factory.mktemp("ref")
+    model, tokenizer = make_tiny("llama")
+    model.save_pretrained(base / "tiny")
+    tokenizer.save_pretrained(base / "tiny")
+    table = finished(base / "sweep", base / "tiny")
+    return base / "tiny", table
+
+
+def test_sweep_results_table(reference):
+    _, table = reference
+    assert list(table["context"]) == ["shame", "tale"]
+    for column in ("eta_c", "bracket_low", "bracket_high", "eta_max", "runs_used"):
+        assert column in table.columns
+    assert table["complete"].all()
+    row = table.iloc[0]
+    if row["eta_c"] is not None and not pd.isna(row["eta_c"]):
+        assert row["bracket_high"] / row["bracket_low"] <= 1.05
+
+
+def test_killed_sweep_resumes_without_redoing_or_losing_runs(reference, tmp_path):
+    tiny, table = reference
+    out = tmp_path / "sweep"
+    proc = cli("sweep", "--model", tiny, *SWEEP_ARGS, "--out", out)
+    deadline = time.time() + 300
+    while len(record_files(out)) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-sweep
+    proc.wait()
+    before = record_files(out)
+    assert before, "the sweep was killed before any run finished"
+    for path in before:
+        json.loads(path.read_text())  # every record on disk is complete
+    resumed = finished(out, tiny)
+    after = record_files(out)
+    assert all(after[path] == before[path] for path in before)  # nothing redone, nothing lost
+    pd.testing.assert_frame_equal(
+        resumed.drop(columns=["steps_run"]), table.drop(columns=["steps_run"]), check_dtype=False
+    )
+
+
+def test_two_sweeps_on_one_directory_agree(reference, tmp_path):
+    tiny, table = reference
+    out = tmp_path / "shared"
+    procs = [cli("sweep", "--model", tiny, *SWEEP_ARGS, "--out", out) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    final = pd.read_parquet(out / "critical_lr.parquet")
+    cols = ["context", "eta_c", "bracket_low", "bracket_high", "eta_max"]
+    pd.testing.assert_frame_equal(final[cols], table[cols], check_dtype=False)
+    json.loads((out / "summary.json").read_text())
+
+
+def test_ray_backend_gives_the_same_answer(reference, tmp_path):
+    pytest.importorskip("ray")
+    tiny, table = reference
+    from phantomlens.sweep import sweep
+
+    result = sweep(
+        model=str(tiny),
+        contexts=["shame"],
+        mode="full",
+        steps=4,
+        schedule="constant",
+        max_lr=1.0,
+        tolerance=0.05,
+        workers=1,
+        backend="ray",
+        out=tmp_path / "ray",
+        progress=False,
+    )
+    import ray
+
+    ray.shutdown()
+    cols = ["eta_c", "bracket_low", "bracket_high", "eta_max"]
+    pd.testing.assert_frame_equal(result[cols].iloc[:1], table[cols].iloc[:1], check_dtype=False)
