@@ -136,6 +136,85 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from phantomlens.config import from_namespace
+    from phantomlens.predict import predict_critical_lr
+    from phantomlens.train import RunConfig
+
+    config = from_namespace(RunConfig, args)
+    prediction = predict_critical_lr(config, kappa=args.kappa, calibration=args.calibration)
+    if args.json:
+        print(json.dumps(prediction.to_dict(), indent=2))
+        return 0
+    p = prediction
+    ctx = p.context
+    print(f"context   {ctx['text']!r} → {ctx['target']!r} vs {ctx['competitor']!r}")
+    print(f"run       {p.model}, {p.mode}, {p.optimizer}, {p.schedule}, T={p.steps}")
+    print(
+        f"margin    m0 = {p.margin_initial:+.4f}; moves by A = {p.margin_velocity:.6g} per step per unit LR"
+    )
+    if p.eta_c is None:
+        print("eta_c     none: at step 0 the update moves the margin away from the flip (A ≤ 0)")
+    else:
+        print(f"eta_c     {p.eta_c:.4g}  (κ = {p.kappa:.4g}, {p.kappa_source})")
+    print(
+        f"cost      {p.passes['forward']} forward + {p.passes['backward']} backward passes; model unchanged"
+    )
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from phantomlens.atomic import write_json_atomic
+    from phantomlens.calibrate import calibrate
+
+    result = calibrate(args.sweep_dirs)
+    write_json_atomic(Path(args.out), result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    rows = [
+        [
+            key,
+            f"{k['value']:.4g}",
+            str(k["n"]),
+            _fmt(k["cv"], 3),
+            _fmt(k["log_std"], 3),
+            ", ".join(k["models"]),
+        ]
+        for key, k in result["kappa"].items()
+    ]
+    print(_table(rows, ["mode/optimiser", "κ", "contexts", "CV", "std log κ", "models"]))
+    if result["blind"]:
+        print()
+        rows = [
+            [b["key"], b["model"], str(b["n"]), f"{b['median_abs_error']:.1%}", f"{b['max_abs_error']:.1%}"]
+            for b in result["blind"]
+        ]
+        print(_table(rows, ["mode/optimiser", "held-out model", "contexts", "median |error|", "max |error|"]))
+    print(f"written   {args.out}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from phantomlens.classify import classify_geometry
+    from phantomlens.models import load_model
+
+    model, _ = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    result = classify_geometry(model, args.model, pairs=args.pairs, seed=args.seed)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    r = result
+    print(f"model      {r.model}  (V = {r.vocab_size}, d = {r.hidden_size}; {r.pairs} pairs, seed {r.seed})")
+    print(f"overlap    mean G = {r.mean_overlap:.4f}, mean G² = {r.mean_squared_overlap:.4f}")
+    print(f"crowding   χ = d·E[G²] = {r.crowding:.1f}  (1 = isotropic; χ/d = {r.mean_squared_overlap:.3f})")
+    print(f"dimension  effective {r.effective_dimension:.1f} = {r.effective_dimension_fraction:.1%} of d")
+    kind = "crowded city" if r.geometry_class == "A" else "open field"
+    print(f"class      {r.geometry_class} ({kind}; boundary χ/d = {r.boundary})")
+    print(f"LoRA       predicted {'sufficient' if r.lora_sufficient_predicted else 'NOT sufficient'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from phantomlens.report import write_report
 
@@ -375,6 +454,31 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="sweep directory (created, or resumed)")
     sweep.add_argument("--json", action="store_true", help="print the sweep summary JSON")
     sweep.set_defaults(func=cmd_sweep)
+
+    predict = sub.add_parser(
+        "predict",
+        help="predict η_c from one forward and two backward passes",
+        description="Predict the critical learning rate of a run without training it.",
+    )
+    add_arguments(predict, RunConfig)
+    predict.add_argument("--calibration", help="κ from a calibration file (phantomlens calibrate)")
+    predict.add_argument("--kappa", type=float, help="κ given directly (default: 1, or the calibration's)")
+    predict.add_argument("--json", action="store_true", help="print the prediction as JSON")
+    predict.set_defaults(func=cmd_predict)
+
+    calibrate = sub.add_parser("calibrate", help="fit κ on sweeps; report its spread and the blind test")
+    calibrate.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
+    calibrate.add_argument("--out", default="calibration.json", help="calibration file to write")
+    calibrate.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    classify = sub.add_parser("classify", help="architecture class and LoRA-sufficiency prediction")
+    classify.add_argument("--model", default=DEFAULT_MODEL, help="model to classify")
+    classify.add_argument("--pairs", type=int, default=200_000, help="random token pairs sampled")
+    classify.add_argument("--seed", type=int, default=0, help="sampling seed")
+    classify.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code")
+    classify.add_argument("--json", action="store_true", help="print JSON")
+    classify.set_defaults(func=cmd_classify)
 
     contexts = sub.add_parser("contexts", help="list the built-in contexts with step-0 readouts")
     contexts.add_argument("--model", default=DEFAULT_MODEL, help="model to rank them with")

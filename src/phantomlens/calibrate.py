@@ -1,0 +1,125 @@
+"""Fitting κ on sweeps, its spread, and the blind test (METHOD.md §9).
+
+A sweep stores, per context, the measured η_c and the κ = 1 prediction η̂₁ = −m_0/(A·Σs). The
+κ that would make that context exact is κ_i = η̂₁/η_c. The calibrated κ for a (mode, optimiser)
+is the geometric mean of κ_i over the calibration contexts; its spread (coefficient of variation
+and the standard deviation of log κ) says whether κ is the universal quantity the method hopes.
+The blind test calibrates on every model but one and predicts the held-out model's contexts.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from phantomlens.errors import PhantomLensError
+
+
+def load_sweeps(sweep_dirs: list[str | Path]) -> pd.DataFrame:
+    """The critical-LR rows of several sweeps that have both a measured and a predicted η_c."""
+    frames = []
+    for directory in map(Path, sweep_dirs):
+        path = directory / "critical_lr.parquet"
+        if not path.is_file():
+            raise PhantomLensError(f"{directory} has no critical_lr.parquet; run phantomlens sweep first")
+        frames.append(pd.read_parquet(path))
+    table = pd.concat(frames, ignore_index=True)
+    usable = table["eta_c"].notna() & table["eta_c_predicted_kappa1"].notna()
+    usable &= table["eta_c_predicted_kappa1"].astype(float) > 0
+    table = table[usable].copy()
+    if table.empty:
+        raise PhantomLensError("no context in these sweeps has both a measured and a predicted η_c")
+    table["kappa_i"] = table["eta_c_predicted_kappa1"].astype(float) / table["eta_c"].astype(float)
+    table["key"] = table["mode"] + "/" + table["optimizer"]
+    return table
+
+
+def spread(values: np.ndarray) -> dict:
+    values = np.asarray(values, dtype=float)
+    logs = np.log(values)
+    return {
+        "n": int(values.size),
+        "geometric_mean": float(np.exp(logs.mean())),
+        "median": float(np.median(values)),
+        "cv": float(values.std(ddof=1) / values.mean()) if values.size > 1 else math.nan,
+        "log_std": float(logs.std(ddof=1)) if values.size > 1 else math.nan,
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
+
+def fit_kappa(table: pd.DataFrame) -> dict:
+    """κ per (mode, optimiser): the geometric mean of κ_i, with its spread overall and per model."""
+    result = {}
+    for key, group in table.groupby("key"):
+        stats = spread(group["kappa_i"].to_numpy())
+        result[key] = {
+            "value": stats["geometric_mean"],
+            **stats,
+            "per_model": {m: spread(g["kappa_i"].to_numpy()) for m, g in group.groupby("model")},
+            "models": sorted(group["model"].unique()),
+        }
+    return result
+
+
+def blind_test(table: pd.DataFrame) -> pd.DataFrame:
+    """Calibrate on all models but one, predict the held-out model's contexts: error per context."""
+    rows = []
+    for key, group in table.groupby("key"):
+        models = sorted(group["model"].unique())
+        for held_out in models:
+            train = group[group["model"] != held_out]
+            if train.empty:
+                continue
+            kappa = float(np.exp(np.log(train["kappa_i"]).mean()))
+            for row in group[group["model"] == held_out].itertuples():
+                predicted = float(row.eta_c_predicted_kappa1) / kappa
+                rows.append(
+                    {
+                        "key": key,
+                        "model": held_out,
+                        "context": row.context,
+                        "calibrated_on": ",".join(m for m in models if m != held_out),
+                        "kappa": kappa,
+                        "eta_c": float(row.eta_c),
+                        "eta_c_predicted": predicted,
+                        "relative_error": predicted / float(row.eta_c) - 1,
+                        # the measurement itself is only known to within its bracket
+                        "bracket_relative_width": float(row.bracket_high) / float(row.bracket_low) - 1
+                        if row.bracket_low
+                        else math.nan,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def calibrate(sweep_dirs: list[str | Path]) -> dict:
+    table = load_sweeps(sweep_dirs)
+    kappa = fit_kappa(table)
+    blind = blind_test(table)
+    summary = []
+    if not blind.empty:
+        for (key, model), group in blind.groupby(["key", "model"]):
+            errors = group["relative_error"].abs()
+            summary.append(
+                {
+                    "key": key,
+                    "model": model,
+                    "n": len(group),
+                    "median_abs_error": float(errors.median()),
+                    "mean_abs_error": float(errors.mean()),
+                    "max_abs_error": float(errors.max()),
+                }
+            )
+    return {
+        "kappa": kappa,
+        "blind": summary,
+        "blind_per_context": blind.to_dict(orient="records"),
+        "contexts": table[["model", "context", "key", "eta_c", "eta_c_predicted_kappa1", "kappa_i"]].to_dict(
+            orient="records"
+        ),
+        "sweeps": [str(d) for d in sweep_dirs],
+    }
