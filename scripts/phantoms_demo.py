@@ -106,7 +106,7 @@ def showcase_table() -> list[str]:
                 f"{j['predicted_delta_phi_pair']:+.3f} | {j['prediction_error_pair']:+.0%} | "
                 f"{fmt(j['overlap_change_ratio'], '.2f')} | {fmt(j['displacement_ratio'], '.2f')} |"
             )
-    return lines + ["", "Every jump, decomposed:", ""] + jump_lines
+    return [*lines, "", "Every jump, decomposed:", "", *jump_lines]
 
 
 def scan_tables() -> tuple[list[str], dict]:

@@ -1,0 +1,256 @@
+"""Critical learning rate: prediction vs sweep vs the LR range test, and the blind test.
+
+    python benchmarks/critical_lr.py                       # everything below, resumable
+    python benchmarks/critical_lr.py --models smollm2-135m --modes lora --contexts 12
+    python benchmarks/critical_lr.py --doc-only            # rewrite docs/critical-lr.md from the JSON
+
+1. Sweeps (``phantomlens sweep``) per model × mode on the first N built-in contexts, stored under
+   benchmarks/results/sweeps/<model>-<mode>/ (resumable: rerun to continue).
+2. Calibration and the blind test (``phantomlens calibrate``): κ fitted on all models but one,
+   the held-out model predicted; both directions, per mode.
+3. Cost: passes for a prediction (1 forward + 2 backward) against the passes the sweep spent.
+4. Baseline: a learning-rate range test (exponential LR ramp over 100 steps, suggestion at the
+   steepest smoothed loss descent, torch-lr-finder's conventions) on the same contexts.
+Writes benchmarks/results/critical_lr.json, benchmarks/results/calibration.json and
+docs/critical-lr.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SWEEPS = RESULTS / "sweeps"
+DOC = ROOT / "docs" / "critical-lr.md"
+
+
+def range_test(
+    base,
+    tokenizer,
+    context: str,
+    mode: str,
+    start: float = 1e-8,
+    end: float = 1.0,
+    steps: int = 100,
+    smooth: float = 0.05,
+    diverge: float = 5.0,
+    skip_start: int = 10,
+    skip_end: int = 5,
+) -> dict:
+    """An LR range test on a copy of the model: the LR at the steepest smoothed loss descent."""
+    import torch
+
+    from phantomlens.contexts import get_context, resolve
+    from phantomlens.train import RunConfig, forward_loss, make_optimizer, prepare_model, update
+
+    ctx = get_context(context)
+    config = RunConfig(mode=mode, lr=start)
+    torch.manual_seed(0)
+    model = prepare_model(copy.deepcopy(base), config)
+    model.eval()
+    spec = resolve(tokenizer, ctx.text, ctx.target, ctx.competitor, model=model, warn=False)
+    optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    target = torch.tensor([spec.target_id])
+    lrs, losses = [], []
+    best = math.inf
+    for i in range(steps):
+        lr = start * (end / start) ** (i / (steps - 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        _, loss = forward_loss(model, spec.input_ids, target)
+        value = float(loss)
+        if not math.isfinite(value):
+            break
+        smoothed = value if not losses else smooth * value + (1 - smooth) * losses[-1]
+        lrs.append(lr)
+        losses.append(smoothed)
+        best = min(best, smoothed)
+        if smoothed > diverge * best:
+            break
+        update(loss, optimizer)
+    window = losses[skip_start : len(losses) - skip_end]
+    if len(window) < 2:
+        return {"suggestion": None, "lrs": lrs, "losses": losses, "steps_run": len(lrs)}
+    index = int(np.argmin(np.gradient(np.array(window)))) + skip_start
+    return {"suggestion": lrs[index], "lrs": lrs, "losses": losses, "steps_run": len(lrs)}
+
+
+def run_sweeps(models, modes, contexts) -> dict[str, Path]:
+    from phantomlens.sweep import Sweep, SweepConfig
+
+    dirs = {}
+    for model in models:
+        for mode in modes:
+            out = SWEEPS / f"{model}-{mode}"
+            config = SweepConfig(model=model, mode=mode, contexts=contexts, eta_max=False)
+            print(f"sweep {model} {mode}: {len(contexts)} contexts -> {out.relative_to(ROOT)}", flush=True)
+            Sweep(config, out).run()
+            dirs[f"{model}/{mode}"] = out
+    return dirs
+
+
+def run_range_tests(models, modes, contexts) -> list[dict]:
+    from phantomlens.models import load_model
+
+    path = RESULTS / "range_tests.json"
+    done = json.loads(path.read_text()) if path.is_file() else []
+    have = {(r["model"], r["mode"], r["context"]) for r in done}
+    from phantomlens.atomic import write_json_atomic
+
+    for model in models:
+        todo = [(mode, c) for mode in modes for c in contexts if (model, mode, c) not in have]
+        if not todo:
+            continue
+        base, tokenizer = load_model(model)
+        for mode, context in todo:
+            print(f"range test {model} {mode} {context}", flush=True)
+            started = time.perf_counter()
+            result = range_test(base, tokenizer, context, mode)
+            done.append(
+                {
+                    "model": model,
+                    "mode": mode,
+                    "context": context,
+                    "suggestion": result["suggestion"],
+                    "steps_run": result["steps_run"],
+                    "wall_time_s": round(time.perf_counter() - started, 1),
+                }
+            )
+            write_json_atomic(path, done)  # resumable, one test at a time
+    return done
+
+
+def summarize(models, modes, contexts, elapsed: float) -> dict:
+    import pandas as pd
+
+    from phantomlens.atomic import write_json_atomic
+    from phantomlens.calibrate import calibrate
+    from phantomlens.classify import LORA_SUFFICIENT_FRACTION
+
+    dirs = [SWEEPS / f"{m}-{mode}" for m in models for mode in modes if (SWEEPS / f"{m}-{mode}").is_dir()]
+    tables = {d.name: pd.read_parquet(d / "critical_lr.parquet") for d in dirs}
+    calibration = calibrate(dirs)
+    write_json_atomic(RESULTS / "calibration.json", calibration)
+    ranges = (
+        pd.DataFrame(json.loads((RESULTS / "range_tests.json").read_text()))
+        if (RESULTS / "range_tests.json").is_file()
+        else pd.DataFrame()
+    )
+    per_run = []
+    for name, table in tables.items():
+        for row in table.itertuples():
+            record = {
+                "sweep": name,
+                "model": row.model,
+                "mode": row.mode,
+                "context": row.context,
+                "eta_c": row.eta_c,
+                "bracket_low": row.bracket_low,
+                "bracket_high": row.bracket_high,
+                "runs_used": row.runs_used,
+                "steps_run": row.steps_run,
+                "sweep_passes": 2 * int(row.steps_run) + int(row.runs_used),
+                "prediction_passes": 3,
+                "eta_c_predicted_kappa1": row.eta_c_predicted_kappa1,
+                "note": row.note,
+            }
+            match = (
+                ranges[
+                    (ranges["model"] == row.model)
+                    & (ranges["mode"] == row.mode)
+                    & (ranges["context"] == row.context)
+                ]
+                if len(ranges)
+                else []
+            )
+            if len(match):
+                suggestion = match["suggestion"].iloc[0]
+                record["range_test_suggestion"] = suggestion
+                record["range_test_error"] = (
+                    (suggestion / row.eta_c - 1) if suggestion and row.eta_c else None
+                )
+            per_run.append(record)
+    frame = pd.DataFrame(per_run)
+    cost = {}
+    for name, group in frame.groupby("sweep"):
+        measured = group[group["eta_c"].notna()]
+        cost[name] = {
+            "contexts": len(group),
+            "median_sweep_passes": float(measured["sweep_passes"].median()) if len(measured) else None,
+            "prediction_passes": 3,
+            "median_ratio": float((measured["sweep_passes"] / 3).median()) if len(measured) else None,
+        }
+    lora = {}
+    for model in models:
+        group = frame[(frame["model"] == model) & (frame["mode"] == "lora")]
+        if len(group):
+            flips = int(group["eta_c"].notna().sum())
+            lora[model] = {
+                "contexts": len(group),
+                "flipped_below_divergence": flips,
+                "sufficient": flips / len(group) >= LORA_SUFFICIENT_FRACTION,
+            }
+    range_errors = {}
+    for name, group in frame.groupby("sweep"):
+        if "range_test_error" in group and group["range_test_error"].notna().any():
+            errors = group["range_test_error"].dropna().abs()
+            range_errors[name] = {
+                "n": len(errors),
+                "median_abs_error": float(errors.median()),
+                "max_abs_error": float(errors.max()),
+            }
+    result = {
+        "command": "python benchmarks/critical_lr.py " + " ".join(sys.argv[1:]),
+        "models": models,
+        "modes": modes,
+        "contexts": contexts,
+        "elapsed_s_this_invocation": round(elapsed, 1),
+        "kappa": calibration["kappa"],
+        "blind": calibration["blind"],
+        "cost": cost,
+        "lora_sufficiency": lora,
+        "range_test": range_errors,
+        "per_context": per_run,
+    }
+    write_json_atomic(RESULTS / "critical_lr.json", result)
+    return result
+
+
+def main() -> int:
+    from phantomlens.contexts import builtin_contexts
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
+    parser.add_argument("--modes", nargs="+", default=["lora", "full"])
+    parser.add_argument("--contexts", type=int, default=12, help="the first N built-in contexts")
+    parser.add_argument("--skip-range-test", action="store_true")
+    parser.add_argument("--doc-only", action="store_true", help="only summarise what is stored")
+    args = parser.parse_args()
+    contexts = [c.name for c in builtin_contexts()[: args.contexts]]
+    started = time.perf_counter()
+    if not args.doc_only:
+        run_sweeps(args.models, args.modes, contexts)
+        if not args.skip_range_test:
+            run_range_tests(args.models, args.modes, contexts)
+    result = summarize(args.models, args.modes, contexts, time.perf_counter() - started)
+    print(
+        json.dumps(
+            {k: result[k] for k in ("kappa", "blind", "cost", "lora_sufficiency", "range_test")},
+            indent=2,
+            default=str,
+        )[:4000]
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
