@@ -30,10 +30,20 @@ def setup(arch="llama"):
 def test_margin_velocity_matches_the_first_real_step(mode, optimizer):
     model, tokenizer, ctx = setup()
     lr = 1e-5 if optimizer == "adamw" else 1e-3
-    prediction = predict_critical_lr(model=model, tokenizer=tokenizer, mode=mode, optimizer=optimizer,
-                                     steps=1, schedule="constant", **ctx)
-    run = finetune(model=model, tokenizer=tokenizer, mode=mode, optimizer=optimizer, lr=lr, steps=1,
-                   schedule="constant", progress=False, **ctx)
+    prediction = predict_critical_lr(
+        model=model, tokenizer=tokenizer, mode=mode, optimizer=optimizer, steps=1, schedule="constant", **ctx
+    )
+    run = finetune(
+        model=model,
+        tokenizer=tokenizer,
+        mode=mode,
+        optimizer=optimizer,
+        lr=lr,
+        steps=1,
+        schedule="constant",
+        progress=False,
+        **ctx,
+    )
     observed = run.trajectory["margin"].iloc[1] - run.trajectory["margin"].iloc[0]
     assert observed == pytest.approx(lr * prediction.margin_velocity, rel=0.05)
     assert prediction.passes == {"forward": 1, "backward": 2}
@@ -69,11 +79,21 @@ def test_prediction_leaves_model_grads_modes_and_rng_untouched():
 
 def write_sweep(directory, model, rows):
     directory.mkdir(parents=True)
-    frame = pd.DataFrame([
-        {"model": model, "context": c, "mode": "full", "optimizer": "adamw", "eta_c": eta,
-         "eta_c_predicted_kappa1": pred, "bracket_low": eta / 1.01, "bracket_high": eta}
-        for c, eta, pred in rows
-    ])
+    frame = pd.DataFrame(
+        [
+            {
+                "model": model,
+                "context": c,
+                "mode": "full",
+                "optimizer": "adamw",
+                "eta_c": eta,
+                "eta_c_predicted_kappa1": pred,
+                "bracket_low": eta / 1.01,
+                "bracket_high": eta,
+            }
+            for c, eta, pred in rows
+        ]
+    )
     frame.to_parquet(directory / "critical_lr.parquet")
     return directory
 
@@ -105,15 +125,30 @@ def test_calibration_file_feeds_prediction(tmp_path, capsys):
     fitted = predict_critical_lr(model=model, tokenizer=tokenizer, calibration=tmp_path / "calib.json", **ctx)
     assert fitted.eta_c == pytest.approx(plain.eta_c / 4.0) and "calib.json" in fitted.kappa_source
     with pytest.raises(PhantomLensError, match="no κ for lora/adamw"):
-        predict_critical_lr(model=model, tokenizer=tokenizer, mode="lora",
-                            calibration=tmp_path / "calib.json", **ctx)
+        predict_critical_lr(
+            model=model, tokenizer=tokenizer, mode="lora", calibration=tmp_path / "calib.json", **ctx
+        )
     assert main(["calibrate", str(tmp_path / "missing")]) == 2
 
 
 def test_predict_cli_json(tiny_dir, capsys):
     _, _, ctx = setup()
-    code = main(["predict", "--model", str(tiny_dir), "--context", TEXT, "--target", ctx["target"],
-                 "--competitor", ctx["competitor"], "--mode", "lora", "--json"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(tiny_dir),
+            "--context",
+            TEXT,
+            "--target",
+            ctx["target"],
+            "--competitor",
+            ctx["competitor"],
+            "--mode",
+            "lora",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert {"eta_c", "margin_velocity", "passes", "kappa"} <= set(out)

@@ -83,6 +83,11 @@ class RunConfig(JsonConfig):
         SPECTRAL_TOPK, "largest k for purity and entropy; 0 skips them (the cheapest readout)"
     )
     trust_remote_code: bool = option(False, "allow a hub model's own code to run (off by default)")
+    early_stop: bool = option(
+        False, "stop once the flip is secure (margin ≥ --margin-safe for --patience steps)"
+    )
+    margin_safe: float = option(1.0, "early stopping: the margin (logits) the flip must keep")
+    patience: int = option(3, "early stopping: consecutive steps the margin must hold")
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -374,6 +379,17 @@ def finetune(
     vocab = unembedding.shape[0]
     hash_start = embedding_sha256(model)
     instrument = Instrument(unembedding, spec.target_id, spec.competitor_id, config)
+    stop_probe = None
+    if config.early_stop:
+        from phantomlens.probe import Probe, StopRule
+
+        stop_probe = Probe(
+            model,
+            tokenizer,
+            [{"name": "context", "text": spec.text, "target": spec.target, "competitor": spec.competitor}],
+            StopRule(margin_safe=config.margin_safe, patience=config.patience),
+        )
+    stop_reason = ""
     status, reason, diverged_step, stopped_early = "completed", "", None, False
     cutoff = config.diverge_loss
     bar = tqdm(
@@ -409,8 +425,13 @@ def finetune(
                 break
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", margin=f"{row['margin']:+.2f}")
+            if stop_probe is not None:
+                observation = stop_probe.record(step, {"context": Readout.from_dict(row)})
+                if observation.should_stop:
+                    stopped_early, stop_reason = True, observation.reason
+                    break
             if step_callback is not None and step_callback(step, row):
-                stopped_early = True
+                stopped_early, stop_reason = True, "step_callback asked to stop"
                 break
         if status == "completed":
             with evaluation(model):
@@ -444,6 +465,7 @@ def finetune(
     )
     events = analyze(trajectory, summary, analysis)
     summary.update(summary_fields(events))
+    summary["stop_reason"] = stop_reason
     result = RunResult(summary=summary, trajectory=trajectory, notes=notes, events=events)
     if out is not None:
         from phantomlens.rundir import write_run
