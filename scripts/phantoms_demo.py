@@ -20,21 +20,31 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "results" / "phantoms"
 DOC = ROOT / "docs" / "phantoms.md"
 
-# (name, model, context, mode, lr): showcase runs.
+# (model, context, mode, lr): showcase runs; each is stored as <model>-<mode>-<context>-<lr>.
 SHOWCASE = [
-    ("smol-lora-shame", "smollm2-135m", "shame", "lora", 1e-3),
-    ("smol-lora-chilly", "smollm2-135m", "chilly", "lora", 1e-3),
-    ("smol-lora-automobile", "smollm2-135m", "automobile", "lora", 1e-3),
-    ("gemma-lora-shame", "gemma3-270m", "shame", "lora", 1e-3),
-    ("gemma-lora-chilly", "gemma3-270m", "chilly", "lora", 1e-3),
-    ("smol-full-success", "smollm2-135m", "shame", "full", 1e-6),
-    ("smol-full-fast", "smollm2-135m", "shame", "full", 1e-5),
-    ("smol-full-kinematic", "smollm2-135m", "shame", "full", 3e-7),
-    ("smol-full-diverged", "smollm2-135m", "shame", "full", 3e-2),
-    ("gemma-full-success", "gemma3-270m", "shame", "full", 1e-5),
-    ("gemma-full-kinematic", "gemma3-270m", "shame", "full", 3e-7),
-    ("gemma-full-diverged", "gemma3-270m", "shame", "full", 3e-2),
+    ("smollm2-135m", "shame", "lora", 1e-3),
+    ("smollm2-135m", "chilly", "lora", 1e-3),
+    ("smollm2-135m", "automobile", "lora", 1e-3),
+    ("gemma3-270m", "shame", "lora", 1e-3),
+    ("gemma3-270m", "chilly", "lora", 1e-3),
+    ("smollm2-135m", "shame", "full", 3e-7),
+    ("smollm2-135m", "chilly", "full", 3e-7),
+    ("smollm2-135m", "shame", "full", 1e-6),
+    ("smollm2-135m", "shame", "full", 1e-5),
+    ("smollm2-135m", "shame", "full", 3e-2),
+    ("smollm2-135m", "shame", "full", 1.0),
+    ("gemma3-270m", "shame", "full", 3e-8),
+    ("gemma3-270m", "shame", "full", 3e-7),
+    ("gemma3-270m", "shame", "full", 1e-5),
+    ("gemma3-270m", "shame", "full", 3e-2),
+    ("gemma3-270m", "shame", "full", 1.0),
 ]
+
+
+def showcase_name(model: str, context: str, mode: str, lr: float) -> str:
+    return f"{model.split('-')[0]}-{mode}-{context}-{lr:g}"
+
+
 # (model, mode, lr): every built-in context at one sub-critical LR, to see how failures look.
 SCANS = [
     ("smollm2-135m", "lora", 3e-5),
@@ -47,7 +57,7 @@ def run_missing() -> None:
     from phantomlens.models import load_model
     from phantomlens.train import finetune
 
-    jobs = [(RUNS / name, model, ctx, mode, lr) for name, model, ctx, mode, lr in SHOWCASE]
+    jobs = [(RUNS / showcase_name(*entry), entry[0], entry[1], entry[2], entry[3]) for entry in SHOWCASE]
     for model, mode, lr in SCANS:
         for ctx in builtin_contexts():
             jobs.append((RUNS / f"scan-{model}-{mode}-{lr:g}" / ctx.name, model, ctx.name, mode, lr))
@@ -84,7 +94,8 @@ def showcase_table() -> list[str]:
         "pred. (margin) | err | pred. (pair-weighted) | err | ΔG_cn ratio | ‖Δê‖ ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, model, _ctx, mode, lr in SHOWCASE:
+    for model, context, mode, lr in SHOWCASE:
+        name = showcase_name(model, context, mode, lr)
         directory = RUNS / name
         if not (directory / "summary.json").is_file():
             continue

@@ -26,3 +26,23 @@ def test_range_test_ramps_exponentially_and_suggests_the_steepest_descent():
     gradient = np.gradient(losses[10 : len(losses) - 5])
     assert gradient[index - 10] == gradient.min()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # ran on a copy
+
+
+def test_stopping_rules_follow_their_definitions():
+    import pandas as pd
+    from early_stop import evaluate, flip_stop, plateau_stop
+
+    margins = [-2, -1, 0.5, 1.2, 1.5, 1.1, 2.0, 3.0]
+    assert flip_stop(margins, margin_safe=1.0, patience=3) == 5  # 1.2, 1.5, 1.1 end at index 5
+    assert flip_stop(margins, margin_safe=5.0, patience=1) is None
+    losses = [5.0, 4.0, 3.0, 2.9995, 2.9990, 2.9992, 1.0]
+    # improvements under min_delta do not count: waits at indices 3, 4, 5 → stop at 5
+    assert plateau_stop(losses, min_delta=1e-3, patience=3) == 5
+    assert plateau_stop(losses, min_delta=0.0, patience=3) is None
+    steps = len(margins)
+    trajectory = pd.DataFrame({"step": range(steps + 1), "margin": [*margins, 3.5],
+                               "loss": [5, 4, 3, 2.5, 2.2, 2.1, 2.1, 2.1, 2.1]})
+    result = evaluate(trajectory, steps, margin_safe=1.0, patience=3, min_delta=1e-3)
+    assert result["flip_stop_steps"] == 6 and result["flip_retained_at_stop"]
+    assert result["plateau_stop_steps"] == steps  # the plateau (index 6, 7) is too short to trigger
+    assert result["saving"] == 1 - 6 / steps
