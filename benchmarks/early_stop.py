@@ -83,16 +83,28 @@ def run_all(models, modes, contexts, lrs) -> None:
     from phantomlens.train import finetune
 
     for model in models:
-        todo = [(mode, c) for mode in modes for c in contexts
-                if not (RUNS / f"{model}-{mode}" / c / "summary.json").is_file()]
+        todo = [
+            (mode, c)
+            for mode in modes
+            for c in contexts
+            if not (RUNS / f"{model}-{mode}" / c / "summary.json").is_file()
+        ]
         if not todo:
             continue
         base, tokenizer = load_model(model)
         for mode, context in todo:
             out = RUNS / f"{model}-{mode}" / context
             print(f"run {out.relative_to(ROOT)}", flush=True)
-            finetune(model=copy.deepcopy(base), tokenizer=tokenizer, context=context, mode=mode,
-                     lr=lrs[mode], out=out, overwrite=True, progress=False)
+            finetune(
+                model=copy.deepcopy(base),
+                tokenizer=tokenizer,
+                context=context,
+                mode=mode,
+                lr=lrs[mode],
+                out=out,
+                overwrite=True,
+                progress=False,
+            )
 
 
 def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
@@ -111,11 +123,21 @@ def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
                 trajectory = pd.read_parquet(directory / "trajectory.parquet")
                 steps = summary["config"]["steps"]
                 if summary["status"] != "completed":
-                    per_run.append({"model": model, "mode": mode, "context": context, "status": summary["status"]})
+                    per_run.append(
+                        {"model": model, "mode": mode, "context": context, "status": summary["status"]}
+                    )
                     continue
-                per_run.append({"model": model, "mode": mode, "context": context, "status": "completed",
-                                "lr": summary["config"]["lr"], "outcome": summary["outcome"],
-                                **evaluate(trajectory, steps, **rule)})
+                per_run.append(
+                    {
+                        "model": model,
+                        "mode": mode,
+                        "context": context,
+                        "status": "completed",
+                        "lr": summary["config"]["lr"],
+                        "outcome": summary["outcome"],
+                        **evaluate(trajectory, steps, **rule),
+                    }
+                )
     frame = pd.DataFrame(per_run)
     groups = {}
     for (model, mode), group in frame[frame["status"] == "completed"].groupby(["model", "mode"]):
@@ -131,10 +153,16 @@ def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
             "lost_flip_at_stop": flipped[~flipped["flip_retained_at_stop"]]["context"].tolist(),
             "lost_flip_later": flipped[~flipped["flip_retained_to_end"]]["context"].tolist(),
         }
-    all_savings = frame.loc[frame.get("flip_rule_triggered", pd.Series(dtype=bool)).fillna(False).astype(bool), "saving"]
+    all_savings = frame.loc[
+        frame.get("flip_rule_triggered", pd.Series(dtype=bool)).fillna(False).astype(bool), "saving"
+    ]
     result = {
         "command": "python benchmarks/early_stop.py " + " ".join(sys.argv[1:]),
-        "rule": rule, "lrs": lrs, "models": models, "modes": modes, "contexts": contexts,
+        "rule": rule,
+        "lrs": lrs,
+        "models": models,
+        "modes": modes,
+        "contexts": contexts,
         "elapsed_s_this_invocation": round(elapsed, 1),
         "overall": {
             "runs": len(frame),
