@@ -88,3 +88,18 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_json(path: Path, what: str, remedy: str = "") -> Any:
+    """Parse a JSON file, or a one-line error naming what it was and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        from phantomlens.errors import PhantomLensError
+
+        raise PhantomLensError(f"{what} {path} does not exist" + (f"; {remedy}" if remedy else ""))
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        from phantomlens.errors import PhantomLensError
+
+        raise PhantomLensError(f"{what} {path} is not valid JSON ({exc})") from None

@@ -14,13 +14,13 @@ The model, its gradients, its modes and the global RNG are left exactly as they 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from phantomlens.atomic import read_json
 from phantomlens.errors import PhantomLensError
 
 
@@ -79,16 +79,9 @@ def predict_critical_lr(
     **overrides,
 ) -> Prediction:
     """η̂_c for the run ``config`` would make (same settings and defaults as ``finetune``)."""
-    from phantomlens.models import load_model
-    from phantomlens.train import RunConfig, prepare_model, resolve_run_context, schedule_factors
+    from phantomlens.train import prepare_model, schedule_factors, setup_run
 
-    config = RunConfig(**{**(config.to_dict() if config else {}), **overrides})
-    config.validate()
-    if (model is None) != (tokenizer is None):
-        raise PhantomLensError("pass both model and tokenizer, or neither")
-    if model is None:
-        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
-    spec = resolve_run_context(config, tokenizer, model)
+    config, model, tokenizer, spec = setup_run(config, model, tokenizer, overrides)
     kappa, source = resolve_kappa(kappa, calibration, config)
     rng = torch.get_rng_state()
     try:
@@ -139,14 +132,7 @@ def resolve_kappa(kappa: float | None, calibration, config) -> tuple[float, str]
         data, where = calibration, "calibration dict"
     else:
         path = Path(calibration)
-        if not path.is_file():
-            raise PhantomLensError(
-                f"calibration file {path} does not exist; make one with phantomlens calibrate"
-            )
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as exc:
-            raise PhantomLensError(f"calibration file {path} is not valid JSON ({exc})") from None
+        data = read_json(path, "calibration file", "make one with phantomlens calibrate")
         where = str(path)
     key = f"{config.mode}/{config.optimizer}"
     entry = data.get("kappa", {}).get(key)

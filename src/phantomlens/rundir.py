@@ -6,12 +6,11 @@ either complete or absent. ``summary.json`` is the marker of a complete run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from phantomlens.atomic import staged_directory, write_json_atomic
+from phantomlens.atomic import read_json, staged_directory, write_json_atomic
 from phantomlens.errors import PhantomLensError
 
 CONFIG_FILE = "config.json"
@@ -63,8 +62,4 @@ def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
         raise PhantomLensError(
             f"{run_dir} is not a complete phantomlens run (no {SUMMARY_FILE} or {TRAJECTORY_FILE})"
         )
-    try:
-        summary = json.loads(summary_path.read_text())
-    except ValueError as exc:
-        raise PhantomLensError(f"{summary_path} is not valid JSON ({exc})") from None
-    return summary, pd.read_parquet(trajectory_path)
+    return read_json(summary_path, "run summary"), pd.read_parquet(trajectory_path)

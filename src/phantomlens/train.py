@@ -179,6 +179,19 @@ class RunResult:
         return bool(self.summary["flipped"])
 
 
+def setup_run(config: RunConfig | None, model, tokenizer, overrides: dict):
+    """The validated config (fields overridable by keyword), the model, and the resolved context."""
+    from phantomlens.models import load_model
+
+    config = RunConfig(**{**(config.to_dict() if config else {}), **overrides})
+    config.validate()
+    if (model is None) != (tokenizer is None):
+        raise PhantomLensError("pass both model and tokenizer, or neither")
+    if model is None:
+        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    return config, model, tokenizer, resolve_run_context(config, tokenizer, model)
+
+
 def resolve_run_context(config: RunConfig, tokenizer, model) -> ResolvedContext:
     builtin = lookup_context(config.context)
     text = builtin.text if builtin else config.context
@@ -358,15 +371,7 @@ def finetune(
     """
     from tqdm.auto import tqdm
 
-    from phantomlens.models import load_model
-
-    config = RunConfig(**{**(config.to_dict() if config else {}), **overrides})
-    config.validate()
-    if (model is None) != (tokenizer is None):
-        raise PhantomLensError("pass both model and tokenizer, or neither")
-    if model is None:
-        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
-    spec = resolve_run_context(config, tokenizer, model)
+    config, model, tokenizer, spec = setup_run(config, model, tokenizer, overrides)
     torch.manual_seed(config.seed)
     model = prepare_model(model, config)
     model.eval()  # dropout off: deterministic, and the readout sees the same function it trains
