@@ -205,3 +205,17 @@ def test_ray_backend_gives_the_same_answer(reference, tmp_path):
     ray.shutdown()
     cols = ["eta_c", "bracket_low", "bracket_high", "eta_max"]
     pd.testing.assert_frame_equal(result[cols].iloc[:1], table[cols].iloc[:1], check_dtype=False)
+
+
+def test_bad_sweep_input_is_one_error_line(tmp_path, capsys):
+    from phantomlens.cli import main
+
+    for argv, expected in [
+        (["--contexts", "nope"], "unknown built-in context"),
+        (["--tolerance", "0"], "tolerance"),
+        (["--factor", "1"], "factor"),
+        (["--mode", "qlora"], "invalid choice"),
+    ]:
+        code = main(["sweep", "--out", str(tmp_path / "s"), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error:") and expected in err and len(err.splitlines()) == 1
