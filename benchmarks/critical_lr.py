@@ -167,6 +167,8 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
                 "sweep_passes": 2 * int(row.steps_run) + int(row.runs_used),
                 "prediction_passes": 3,
                 "eta_c_predicted_kappa1": row.eta_c_predicted_kappa1,
+                "eta_c_predicted_sim_kappa1": getattr(row, "eta_c_predicted_sim_kappa1", None),
+                "eta_c_predicted_two_point_kappa1": getattr(row, "eta_c_predicted_two_point_kappa1", None),
                 "note": row.note,
             }
             match = (
@@ -274,22 +276,29 @@ def write_doc(result: dict) -> None:
         "",
         "## Measured η_c and the κ = 1 prediction",
         "",
-        "| model / mode | context | η_c | bracket | runs | κ=1 prediction | κ_i = pred/η_c | range test | range-test error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model / mode | context | η_c | bracket | runs | first-order (κ=1) | κ_i | simulated (κ=1) | κ_i | two-point (κ=1) | κ_i | range test | range-test error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["per_context"]:
         eta = r.get("eta_c")
         pred = r.get("eta_c_predicted_kappa1")
         bracket = f"{r['bracket_low']:.4g}–{r['bracket_high']:.4g}" if r.get("bracket_low") else "–"
+        sim = r.get("eta_c_predicted_sim_kappa1")
+        two = r.get("eta_c_predicted_two_point_kappa1")
+        kappa_two = f"{two / eta:.3f}" if eta and two else "–"
+        shown_two = "–" if two is None or (isinstance(two, float) and math.isnan(two)) else f"{two:.4g}"
         kappa_i = f"{pred / eta:.3f}" if eta and pred else "–"
+        kappa_sim = f"{sim / eta:.3f}" if eta and sim else "–"
         suggestion = r.get("range_test_suggestion")
+        shown_pred = "–" if pred is None else f"{pred:.4g}"
+        shown_sim = "–" if sim is None or (isinstance(sim, float) and math.isnan(sim)) else f"{sim:.4g}"
         lines.append(
             f"| {r['sweep']} | {r['context']} | {eta:.4g} | {bracket} | {r['runs_used']} | "
-            f"{pred:.4g} | {kappa_i} | {suggestion if suggestion is None else f'{suggestion:.3g}'} | "
-            f"{_pct(r.get('range_test_error'))} |"
+            f"{shown_pred} | {kappa_i} | {shown_sim} | {kappa_sim} | {shown_two} | {kappa_two} | "
+            f"{suggestion if suggestion is None else f'{suggestion:.3g}'} | {_pct(r.get('range_test_error'))} |"
             if eta
             else f"| {r['sweep']} | {r['context']} | – ({r['note'] or 'not finished'}) | {bracket} | {r['runs_used']} | "
-            f"{pred if pred is None else f'{pred:.4g}'} | – | – | – |"
+            f"{shown_pred} | – | {shown_sim} | – | {shown_two} | – | – | – |"
         )
     lines += [
         "",

@@ -40,8 +40,9 @@ def test_stopping_rules_follow_their_definitions():
     assert plateau_stop(losses, min_delta=1e-3, patience=3) == 5
     assert plateau_stop(losses, min_delta=0.0, patience=3) is None
     steps = len(margins)
-    trajectory = pd.DataFrame({"step": range(steps + 1), "margin": [*margins, 3.5],
-                               "loss": [5, 4, 3, 2.5, 2.2, 2.1, 2.1, 2.1, 2.1]})
+    trajectory = pd.DataFrame(
+        {"step": range(steps + 1), "margin": [*margins, 3.5], "loss": [5, 4, 3, 2.5, 2.2, 2.1, 2.1, 2.1, 2.1]}
+    )
     result = evaluate(trajectory, steps, margin_safe=1.0, patience=3, min_delta=1e-3)
     assert result["flip_stop_steps"] == 6 and result["flip_retained_at_stop"]
     assert result["plateau_stop_steps"] == steps  # the plateau (index 6, 7) is too short to trigger

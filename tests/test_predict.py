@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -102,7 +103,7 @@ def test_calibration_kappa_spread_and_blind_test(tmp_path):
     a = write_sweep(tmp_path / "a", "m1", [("x", 1e-6, 2e-6), ("y", 2e-6, 4.4e-6), ("z", 1e-6, None)])
     b = write_sweep(tmp_path / "b", "m2", [("x", 1e-5, 2.1e-5), ("y", 3e-5, 6e-5)])
     result = calibrate([a, b])
-    kappa = result["kappa"]["full/adamw"]
+    kappa = result["kappa"]["full/adamw/first-order"]
     ratios = np.array([2.0, 2.2, 2.1, 2.0])
     assert kappa["value"] == pytest.approx(float(np.exp(np.log(ratios).mean())))
     assert kappa["n"] == 4 and kappa["cv"] == pytest.approx(ratios.std(ddof=1) / ratios.mean())
@@ -119,12 +120,12 @@ def test_calibration_file_feeds_prediction(tmp_path, capsys):
     a = write_sweep(tmp_path / "a", "m1", [("x", 1e-6, 4e-6), ("y", 2e-6, 8e-6)])
     assert main(["calibrate", str(a), "--out", str(tmp_path / "calib.json")]) == 0
     calib = json.loads((tmp_path / "calib.json").read_text())
-    assert calib["kappa"]["full/adamw"]["value"] == pytest.approx(4.0)
+    assert calib["kappa"]["full/adamw/first-order"]["value"] == pytest.approx(4.0)
     model, tokenizer, ctx = setup()
     plain = predict_critical_lr(model=model, tokenizer=tokenizer, **ctx)
     fitted = predict_critical_lr(model=model, tokenizer=tokenizer, calibration=tmp_path / "calib.json", **ctx)
     assert fitted.eta_c == pytest.approx(plain.eta_c / 4.0) and "calib.json" in fitted.kappa_source
-    with pytest.raises(PhantomLensError, match="no κ for lora/adamw"):
+    with pytest.raises(PhantomLensError, match="no κ for lora/adamw/first-order"):
         predict_critical_lr(
             model=model, tokenizer=tokenizer, mode="lora", calibration=tmp_path / "calib.json", **ctx
         )
@@ -179,3 +180,51 @@ def test_classify_cli(tiny_dir, capsys):
     assert main(["classify", "--model", str(tiny_dir), "--json", "--pairs", "5000"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["geometry_class"] in ("A", "B") and out["hidden_size"] == 32
+
+
+def test_simulated_variant_reduces_to_first_order_over_one_step():
+    model, tokenizer, ctx = setup()
+    p = predict_critical_lr(model=model, tokenizer=tokenizer, steps=1, schedule="constant", **ctx)
+    assert p.eta_c_simulated == pytest.approx(p.eta_c_first_order, rel=1e-5)
+    assert predict_critical_lr(model=model, tokenizer=tokenizer, variant="simulated", **ctx).passes == {
+        "forward": 2,
+        "backward": 2,
+    }
+
+
+def test_simulated_margin_path_tracks_a_real_run_better_than_the_linear_path():
+    from phantomlens.predict import simulate_margins, step_zero
+    from phantomlens.train import RunConfig, prepare_model, resolve_run_context
+
+    model, tokenizer, ctx = setup()
+    lr, steps = 1e-2, 15
+    run = finetune(
+        model=copy.deepcopy(model),
+        tokenizer=tokenizer,
+        lr=lr,
+        steps=steps,
+        schedule="constant",
+        progress=False,
+        **ctx,
+    )
+    actual = run.trajectory["margin"].to_numpy()[1:]
+    config = RunConfig(**ctx)
+    spec = resolve_run_context(config, tokenizer, model)
+    probe = prepare_model(copy.deepcopy(model), config)
+    zero = step_zero(probe, spec.input_ids, spec.target_id, spec.competitor_id, "adamw")
+    simulated = np.array(simulate_margins(zero, lr, [1.0] * steps, "adamw"))
+    linear = zero.margin + lr * zero.velocity * np.arange(1, steps + 1)
+    assert run.trajectory["loss"].iloc[-1] < 0.5 * run.trajectory["loss"].iloc[0]  # p really moved
+    assert np.abs(simulated - actual).mean() < np.abs(linear - actual).mean()
+    assert simulated[0] == pytest.approx(linear[0])  # the first step is exact in both
+
+
+def test_two_point_variant_reduces_to_first_order_over_one_step_and_sees_lora_growth():
+    model, tokenizer, ctx = setup()
+    one = predict_critical_lr(model=model, tokenizer=tokenizer, steps=1, schedule="constant", **ctx)
+    assert one.eta_c_two_point == pytest.approx(one.eta_c_first_order, rel=1e-9)  # no P_t term
+    lora = predict_critical_lr(model=model, tokenizer=tokenizer, mode="lora", variant="two-point", **ctx)
+    # LoRA's A matrices have no gradient while B = 0, so the margin speeds up once B has moved.
+    assert lora.margin_velocity_mid > lora.margin_velocity
+    assert lora.eta_c == lora.eta_c_two_point < lora.eta_c_first_order
+    assert lora.passes == {"forward": 3, "backward": 4}

@@ -1,8 +1,9 @@
 """Fitting κ on sweeps, its spread, and the blind test (METHOD.md §9).
 
-A sweep stores, per context, the measured η_c and the κ = 1 prediction η̂₁ = −m_0/(A·Σs). The
-κ that would make that context exact is κ_i = η̂₁/η_c. The calibrated κ for a (mode, optimiser)
-is the geometric mean of κ_i over the calibration contexts; its spread (coefficient of variation
+A sweep stores, per context, the measured η_c and the κ = 1 predictions η̂₁ of both variants
+(first-order −m_0/(A·Σs), and simulated). The κ that would make a context exact is
+κ_i = η̂₁/η_c. The calibrated κ for a (mode, optimiser, variant) is the geometric mean of κ_i
+over the calibration contexts; its spread (coefficient of variation
 and the standard deviation of log κ) says whether κ is the universal quantity the method hopes.
 The blind test calibrates on every model but one and predicts the held-out model's contexts.
 """
@@ -27,14 +28,31 @@ def load_sweeps(sweep_dirs: list[str | Path]) -> pd.DataFrame:
             raise PhantomLensError(f"{directory} has no critical_lr.parquet; run phantomlens sweep first")
         frames.append(pd.read_parquet(path))
     table = pd.concat(frames, ignore_index=True)
+    long = []
+    for variant, column in VARIANT_COLUMNS.items():
+        if column not in table:
+            continue
+        part = table.copy()
+        part["variant"] = variant
+        part["eta_c_predicted_kappa1"] = part[column]
+        long.append(part)
+    table = pd.concat(long, ignore_index=True)
     usable = table["eta_c"].notna() & table["eta_c_predicted_kappa1"].notna()
     usable &= table["eta_c_predicted_kappa1"].astype(float) > 0
     table = table[usable].copy()
     if table.empty:
         raise PhantomLensError("no context in these sweeps has both a measured and a predicted η_c")
     table["kappa_i"] = table["eta_c_predicted_kappa1"].astype(float) / table["eta_c"].astype(float)
-    table["key"] = table["mode"] + "/" + table["optimizer"]
+    table["key"] = table["mode"] + "/" + table["optimizer"] + "/" + table["variant"]
     return table
+
+
+#: Where a sweep's table keeps each prediction variant at κ = 1.
+VARIANT_COLUMNS = {
+    "first-order": "eta_c_predicted_kappa1",
+    "simulated": "eta_c_predicted_sim_kappa1",
+    "two-point": "eta_c_predicted_two_point_kappa1",
+}
 
 
 def spread(values: np.ndarray) -> dict:

@@ -142,7 +142,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from phantomlens.train import RunConfig
 
     config = from_namespace(RunConfig, args)
-    prediction = predict_critical_lr(config, kappa=args.kappa, calibration=args.calibration)
+    prediction = predict_critical_lr(
+        config, kappa=args.kappa, calibration=args.calibration, variant=args.variant
+    )
     if args.json:
         print(json.dumps(prediction.to_dict(), indent=2))
         return 0
@@ -156,7 +158,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if p.eta_c is None:
         print("eta_c     none: at step 0 the update moves the margin away from the flip (A ≤ 0)")
     else:
-        print(f"eta_c     {p.eta_c:.4g}  (κ = {p.kappa:.4g}, {p.kappa_source})")
+        print(f"eta_c     {p.eta_c:.4g}  ({p.variant}; κ = {p.kappa:.4g}, {p.kappa_source})")
+        two = "none" if p.eta_c_two_point is None else f"{p.eta_c_two_point:.4g}"
+        print(
+            f"          κ = 1: first-order {p.eta_c_first_order:.4g}, simulated {p.eta_c_simulated:.4g}, "
+            f"two-point {two}"
+        )
     print(
         f"cost      {p.passes['forward']} forward + {p.passes['backward']} backward passes; model unchanged"
     )
@@ -463,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(predict, RunConfig)
     predict.add_argument("--calibration", help="κ from a calibration file (phantomlens calibrate)")
     predict.add_argument("--kappa", type=float, help="κ given directly (default: 1, or the calibration's)")
+    predict.add_argument(
+        "--variant",
+        choices=("first-order", "simulated"),
+        default="first-order",
+        help="first-order: METHOD.md's formula (1 forward + 2 backward passes); simulated: follows "
+        "the margin through Adam's shrinking step (2 forward + 2 backward)",
+    )
     predict.add_argument("--json", action="store_true", help="print the prediction as JSON")
     predict.set_defaults(func=cmd_predict)
 

@@ -6,8 +6,13 @@ step by η·A with A = Σ_θ (∂m/∂θ)·sign(−∂L/∂θ). With schedule sh
 
     η̂_c = −m_0 / (κ · A · Σ_t s_t)
 
-where κ absorbs what first order misses (A drifting as p moves) and is fitted on sweeps
-(``phantomlens calibrate``). For SGD, A = −∇m·∇L. Cost: one forward and two backward passes.
+where κ absorbs what first order misses and is fitted on sweeps (``phantomlens calibrate``). For
+SGD, A = −∇m·∇L. Cost: one forward and two backward passes.
+
+What first order misses most: as the loss falls, the gradient shrinks, and so does Adam's step
+m̂/√v̂ (its second moment remembers the larger early gradients). The ``simulated`` variant measures
+the first update's effect on every logit (one more forward pass) and follows the margin through
+that shrinking step over the T steps, a scalar computation with no further passes.
 The model, its gradients, its modes and the global RNG are left exactly as they were.
 """
 
@@ -23,18 +28,30 @@ import torch
 from phantomlens.atomic import read_json
 from phantomlens.errors import PhantomLensError
 
+VARIANTS = ("first-order", "simulated", "two-point")
+PASSES = {
+    "first-order": {"forward": 1, "backward": 2},
+    "simulated": {"forward": 2, "backward": 2},
+    "two-point": {"forward": 3, "backward": 4},
+}
+
 
 @dataclass
 class Prediction:
     """η̂_c and what it was computed from."""
 
-    eta_c: float | None  # None when the margin does not move towards the flip at step 0 (A ≤ 0)
+    eta_c: float | None  # the chosen variant's η̂_c; None when A ≤ 0 (the margin does not move up)
+    variant: str  # "first-order" or "simulated"
+    eta_c_first_order: float | None  # −m_0 / (κ·A·Σ s_t)
+    eta_c_simulated: float | None  # from the simulated margin path (Adam's step decay), κ = 1
+    eta_c_two_point: float | None  # with the margin velocity re-measured mid-way, κ = 1
+    margin_velocity_mid: float | None  # A re-measured after a sign step to the mid-run displacement
     margin_initial: float  # m_0 (negative: the competitor leads)
     margin_velocity: float  # A, the margin change per step per unit LR at step 0
     schedule_sum: float  # Σ_t s_t over the T steps
     kappa: float
     kappa_source: str
-    passes: dict  # forward / backward passes spent
+    passes: dict  # forward / backward passes the chosen variant spent
     mode: str
     optimizer: str
     steps: int
@@ -46,10 +63,32 @@ class Prediction:
         return asdict(self)
 
 
-def margin_velocity(
-    model, input_ids: torch.Tensor, target_id: int, competitor_id: int, optimizer: str
-) -> tuple[float, float, float]:
-    """(m_0, A, loss_0) from one forward and two backward passes on the trainable parameters."""
+@dataclass
+class StepZero:
+    """What one forward, two backward passes (and, for the simulation, one more forward) measure."""
+
+    margin: float  # m_0
+    velocity: float  # A
+    logits: torch.Tensor  # z_0, float64 [V]
+    logit_velocity: torch.Tensor | None  # b: logit change per unit LR of the first update, [V]
+    target_id: int
+    directions: list | None = None  # the first update's direction per trainable parameter
+
+
+def step_zero(
+    model,
+    input_ids: torch.Tensor,
+    target_id: int,
+    competitor_id: int,
+    optimizer: str,
+    logit_velocity: bool = True,
+) -> StepZero:
+    """m_0 and A at step 0 on the trainable parameters; with ``logit_velocity``, also b.
+
+    b is measured, not approximated: the update direction (sign(−g) for Adam, −g for SGD) is
+    applied with a step h small enough to move the margin by 0.1 logit, and b = Δz / h; the step
+    is then taken back (up to rounding), so call it on a copy.
+    """
     from phantomlens.readout import last_token_logits
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -59,14 +98,124 @@ def margin_velocity(
     grad_margin = torch.autograd.grad(margin, params, retain_graph=True, allow_unused=True)
     grad_loss = torch.autograd.grad(loss, params, allow_unused=True)
     velocity = 0.0
+    directions = []
     for gm, gl in zip(grad_margin, grad_loss, strict=True):
-        if gm is None or gl is None:
-            continue
+        direction = None if gl is None else (-gl if optimizer == "sgd" else torch.sign(-gl))
+        directions.append(direction)
+        if gm is not None and direction is not None:
+            velocity += float((gm.double() * direction.double()).sum())
+    z0 = logits.detach().double()
+    b = None
+    if logit_velocity and velocity > 0:
+        h = 0.1 / velocity
+        move(params, directions, h)
+        with torch.no_grad():
+            b = (last_token_logits(model, input_ids).double() - z0) / h
+        move(params, directions, -h)
+    return StepZero(float(margin.detach()), velocity, z0, b, target_id, directions)
+
+
+def move(params: list, directions: list, step: float) -> None:
+    with torch.no_grad():
+        for parameter, direction in zip(params, directions, strict=True):
+            if direction is not None:
+                parameter.add_(direction, alpha=step)
+
+
+def two_point_critical_lr(
+    model,
+    input_ids,
+    zero: StepZero,
+    competitor_id: int,
+    factors: list[float],
+    optimizer: str,
+    first_order: float,
+) -> tuple[float | None, float]:
+    """η̂_c when the margin velocity changes linearly with the distance travelled.
+
+    After a displacement D along the first update's direction, A(D) ≈ A_0 + G·D, with G measured by
+    re-measuring A at D_mid = η̂₁·Σs/2 (where a run at η̂₁ is half-way). Before step t a run at η
+    has travelled η·P_t (P_t = Σ_{k<t} s_k), so m_T = m_0 + η·A_0·Σ s_t + η²·G·Σ s_t·P_t = 0 is
+    a quadratic in η. Under LoRA this captures that the adapters' A matrices only start moving
+    once B ≠ 0. Returns (η̂, A_mid); η̂ is None when the velocity decays too fast to ever flip.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    prefix = [sum(factors[:t]) for t in range(len(factors))]
+    linear = sum(factors)
+    quadratic = sum(f * p for f, p in zip(factors, prefix, strict=True))
+    displacement = first_order * linear / 2
+    move(params, zero.directions, displacement)
+    with torch.enable_grad():
+        _, velocity_mid = margin_velocity(model, input_ids, zero.target_id, competitor_id, optimizer)
+    move(params, zero.directions, -displacement)
+    growth = (velocity_mid - zero.velocity) / displacement
+    a, b, c = growth * quadratic, zero.velocity * linear, zero.margin
+    if abs(a) < 1e-300:
+        return -c / b, velocity_mid
+    discriminant = b * b - 4 * a * c
+    if discriminant < 0:
+        return None, velocity_mid
+    return (-b + math.sqrt(discriminant)) / (2 * a), velocity_mid
+
+
+def margin_velocity(model, input_ids, target_id, competitor_id, optimizer) -> tuple[float, float]:
+    """(m_0, A) from one forward and two backward passes."""
+    zero = step_zero(model, input_ids, target_id, competitor_id, optimizer, logit_velocity=False)
+    return zero.margin, zero.velocity
+
+
+def simulate_margins(
+    zero: StepZero,
+    eta: float,
+    factors: list[float],
+    optimizer: str,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> list[float]:
+    """The margin after each of the T updates, when the logits move along b and the step shrinks.
+
+    Logits follow z_t = z_0 + η·S_t·b. The loss gradient's scale γ_t = ‖p_t − e_c‖/‖p_0 − e_c‖
+    falls as p_t sharpens; SGD's step scales with γ_t, Adam's with m̂_t/√v̂_t over the γ history
+    (its second moment remembers the larger early gradients). S_{t+1} = S_t + s_t·r_t.
+    """
+    if zero.logit_velocity is None:
+        raise ValueError("the simulation needs the logit velocity b")
+    onehot = torch.zeros_like(zero.logits)
+    onehot[zero.target_id] = 1.0
+    scale0 = float((torch.softmax(zero.logits, -1) - onehot).norm())
+    beta1, beta2 = betas
+    cumulative, first, second = 0.0, 0.0, 0.0
+    margins = []
+    for t, factor in enumerate(factors):
+        p = torch.softmax(zero.logits + eta * cumulative * zero.logit_velocity, -1)
+        gamma = float((p - onehot).norm()) / scale0
         if optimizer == "sgd":
-            velocity -= float((gm.double() * gl.double()).sum())
+            rate = gamma
         else:
-            velocity += float((gm.double() * torch.sign(-gl).double()).sum())
-    return float(margin.detach()), velocity, float(loss.detach())
+            first = beta1 * first + (1 - beta1) * gamma
+            second = beta2 * second + (1 - beta2) * gamma**2
+            rate = (first / (1 - beta1 ** (t + 1))) / math.sqrt(second / (1 - beta2 ** (t + 1)))
+        cumulative += factor * rate
+        margins.append(zero.margin + eta * cumulative * zero.velocity)
+    return margins
+
+
+def simulated_critical_lr(zero: StepZero, factors: list[float], optimizer: str, guess: float) -> float:
+    """The smallest η whose simulated margin is positive after the last update (log bisection)."""
+
+    def flips(eta: float) -> bool:
+        return simulate_margins(zero, eta, factors, optimizer)[-1] > 0
+
+    low, high = guess / 1e3, guess * 1e3
+    while flips(low):
+        low /= 1e3
+    while not flips(high):
+        high *= 1e3
+    for _ in range(60):
+        middle = math.sqrt(low * high)
+        low, high = (low, middle) if flips(middle) else (middle, high)
+        if high / low < 1 + 1e-6:
+            break
+    return high
 
 
 def predict_critical_lr(
@@ -76,16 +225,25 @@ def predict_critical_lr(
     tokenizer=None,
     kappa: float | None = None,
     calibration: str | Path | dict | None = None,
+    variant: str = "first-order",
     **overrides,
 ) -> Prediction:
-    """η̂_c for the run ``config`` would make (same settings and defaults as ``finetune``)."""
+    """η̂_c for the run ``config`` would make (same settings and defaults as ``finetune``).
+
+    ``variant="first-order"`` is METHOD.md §9's formula (1 forward + 2 backward passes);
+    ``"simulated"`` follows the margin through Adam's shrinking steps (2 forward + 2 backward).
+    Both are computed; ``eta_c`` is the chosen one, divided by that variant's κ.
+    """
     from phantomlens.train import prepare_model, schedule_factors, setup_run
 
+    if variant not in VARIANTS:
+        raise PhantomLensError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     config, model, tokenizer, spec = setup_run(config, model, tokenizer, overrides)
-    kappa, source = resolve_kappa(kappa, calibration, config)
+    kappa, source = resolve_kappa(kappa, calibration, config, variant)
     rng = torch.get_rng_state()
     try:
-        # A private copy: LoRA injection and requires_grad changes must not touch the user's model.
+        # A private copy: LoRA injection, requires_grad changes and the probe step must not touch
+        # the user's model.
         probe = copy.deepcopy(model)
         for parameter in probe.parameters():
             parameter.grad = None
@@ -93,24 +251,35 @@ def predict_critical_lr(
         probe = prepare_model(probe, config)
         probe.eval()
         with torch.enable_grad():
-            m0, velocity, _ = margin_velocity(
-                probe, spec.input_ids, spec.target_id, spec.competitor_id, config.optimizer
+            zero = step_zero(probe, spec.input_ids, spec.target_id, spec.competitor_id, config.optimizer)
+        factors = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
+        total = sum(factors)
+        first_order = simulated = two_point = velocity_mid = None
+        if zero.margin >= 0:
+            first_order = simulated = two_point = 0.0  # already flipped: any LR keeps it
+        elif zero.velocity > 0:
+            first_order = -zero.margin / (zero.velocity * total)
+            simulated = simulated_critical_lr(zero, factors, config.optimizer, first_order)
+            two_point, velocity_mid = two_point_critical_lr(
+                probe, spec.input_ids, zero, spec.competitor_id, factors, config.optimizer, first_order
             )
         del probe
     finally:
         torch.set_rng_state(rng)
-    total = sum(schedule_factors(config.steps, config.schedule, config.warmup_fraction))
-    eta = -m0 / (kappa * velocity * total) if velocity > 0 and m0 < 0 else None
-    if m0 >= 0:
-        eta = 0.0  # already flipped: any LR keeps it (to first order)
+    chosen_kappa1 = {"first-order": first_order, "simulated": simulated, "two-point": two_point}[variant]
     return Prediction(
-        eta_c=eta,
-        margin_initial=m0,
-        margin_velocity=velocity,
+        eta_c=None if chosen_kappa1 is None else chosen_kappa1 / kappa,
+        variant=variant,
+        eta_c_first_order=first_order,
+        eta_c_simulated=simulated,
+        eta_c_two_point=two_point,
+        margin_velocity_mid=velocity_mid,
+        margin_initial=zero.margin,
+        margin_velocity=zero.velocity,
         schedule_sum=total,
         kappa=kappa,
         kappa_source=source,
-        passes={"forward": 1, "backward": 2},
+        passes=PASSES[variant],
         mode=config.mode,
         optimizer=config.optimizer,
         steps=config.steps,
@@ -120,7 +289,9 @@ def predict_critical_lr(
     )
 
 
-def resolve_kappa(kappa: float | None, calibration, config) -> tuple[float, str]:
+def resolve_kappa(
+    kappa: float | None, calibration, config, variant: str = "first-order"
+) -> tuple[float, str]:
     """κ given directly, from a calibration file (per mode and optimiser), or 1 (uncalibrated)."""
     if kappa is not None:
         if not (math.isfinite(kappa) and kappa > 0):
@@ -134,7 +305,7 @@ def resolve_kappa(kappa: float | None, calibration, config) -> tuple[float, str]
         path = Path(calibration)
         data = read_json(path, "calibration file", "make one with phantomlens calibrate")
         where = str(path)
-    key = f"{config.mode}/{config.optimizer}"
+    key = f"{config.mode}/{config.optimizer}/{variant}"
     entry = data.get("kappa", {}).get(key)
     if entry is None:
         raise PhantomLensError(

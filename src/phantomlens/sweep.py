@@ -314,7 +314,8 @@ class Sweep:
             return self.config.start_lr
         path = self.prediction_path(context)
         if path.is_file():
-            eta = json.loads(path.read_text()).get("eta_c")
+            prediction = json.loads(path.read_text())
+            eta = prediction.get("eta_c_simulated") or prediction.get("eta_c")
             if eta and eta > 0:
                 return eta
         return DEFAULT_LR[self.config.mode]
@@ -408,7 +409,9 @@ class Sweep:
                     "margin_initial": prediction.get("margin_initial"),
                     "margin_velocity": prediction.get("margin_velocity"),
                     "schedule_sum": prediction.get("schedule_sum"),
-                    "eta_c_predicted_kappa1": prediction.get("eta_c"),
+                    "eta_c_predicted_kappa1": prediction.get("eta_c_first_order", prediction.get("eta_c")),
+                    "eta_c_predicted_sim_kappa1": prediction.get("eta_c_simulated"),
+                    "eta_c_predicted_two_point_kappa1": prediction.get("eta_c_two_point"),
                     "steps_run": int(sum(r["steps_completed"] for r in records.values())),
                 }
             )
