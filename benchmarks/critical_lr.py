@@ -260,9 +260,18 @@ def write_doc(result: dict) -> None:
         " every number below is in that file. Sweeps are stored under `benchmarks/results/sweeps/`.*",
         "",
         "η_c is the smallest peak LR at which a run ends in `success` (flip held at the end of the",
-        "budget), measured by bracketing and bisection in log-LR to 1% (`phantomlens sweep`). The",
-        "prediction (`phantomlens predict`) costs one forward and two backward passes at step 0:",
-        "η̂_c = −m_0 / (κ · A · Σ_t s_t), A = Σ_θ (∂m/∂θ)·sign(−∂L/∂θ) for Adam (METHOD.md §9).",
+        "budget), measured by bracketing and bisection in log-LR to 1% (`phantomlens sweep`).",
+        "Three predictions (`phantomlens predict --variant ...`), each divided by its own fitted κ:",
+        "",
+        "| variant | passes | what it assumes |",
+        "|---|---|---|",
+        "| first-order | 1 forward + 2 backward | METHOD.md §9: every step moves the margin by η·s_t·A, "
+        "A = Σ_θ (∂m/∂θ)·sign(−∂L/∂θ) measured at step 0; η̂_c = −m_0 / (A·Σ_t s_t) |",
+        "| simulated | 2 forward + 2 backward | the logits move along the measured first-update direction b; "
+        "Adam's step m̂/√v̂ shrinks as the loss gradient shrinks |",
+        "| two-point | 3 forward + 4 backward | the margin velocity changes linearly with the distance travelled; "
+        "A is re-measured half-way (under LoRA the adapters' A matrices only start moving once B ≠ 0), "
+        "and m_0 + η·A_0·Σs_t + η²·G·Σ s_t P_t = 0 is solved for η |",
         "",
         "```",
         "phantomlens predict --context shame --mode lora --json          # η̂_c at κ = 1",

@@ -91,8 +91,8 @@ def showcase_table() -> list[str]:
     ]
     jump_lines = [
         "| run | steps | ΔΦ | R (readout) | Γ (geometric) | X (cross) | R/ΔΦ | verdict | margin v | "
-        "pred. (margin) | err | pred. (pair-weighted) | err | ΔG_cn ratio | ‖Δê‖ ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "pred. (margin) | err | pred. (pair-weighted) | err | ΔG_cn | ΔG_cn ratio | ‖Δê‖ ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, context, mode, lr in SHOWCASE:
         name = showcase_name(model, context, mode, lr)
@@ -115,6 +115,7 @@ def showcase_table() -> list[str]:
                 f"{'phantom' if j['phantom'] else 'geometric'} | {j['margin_velocity']:.2f} | "
                 f"{j['predicted_delta_phi']:+.3f} | {j['prediction_error']:+.0%} | "
                 f"{j['predicted_delta_phi_pair']:+.3f} | {j['prediction_error_pair']:+.0%} | "
+                f"{j['delta_overlap']:+.1e} | "
                 f"{fmt(j['overlap_change_ratio'], '.2f')} | {fmt(j['displacement_ratio'], '.2f')} |"
             )
     return [*lines, "", "Every jump, decomposed:", "", *jump_lines]
@@ -157,9 +158,18 @@ def scan_tables() -> tuple[list[str], dict]:
     return lines, stats
 
 
+def reanalyze_all() -> None:
+    """Re-run the transitions analysis (no model needed) so every stored run uses the current code."""
+    from phantomlens.rundir import reanalyze
+
+    for summary in sorted(RUNS.glob("**/summary.json")):
+        reanalyze(summary.parent)
+
+
 def write_doc() -> None:
     from phantomlens.transitions import AnalysisConfig
 
+    reanalyze_all()
     thresholds = AnalysisConfig()
     scans, stats = scan_tables()
     drag_lines = []
@@ -213,10 +223,12 @@ two-token softmax before and after the step, p_c − p_n = tanh(m/2), times the 
 holds little of it before the jump (the softmax then shares the change with the bulk); weighted
 by the pair's probability mass p_c + p_n, the same formula explains the jump to a few percent.
 Either way the prediction uses only readout quantities (margins and probabilities), never the
-embeddings' motion: the discontinuity lives in the readout. The two ratio columns compare how fast
-G_cn and the token states ê_c, ê_n moved across the jump with their median per-step motion
-elsewhere in the run ("–": nothing moved anywhere, as under LoRA); symmetry breaking would show as
-a ratio above {t.symmetry_ratio}.
+embeddings' motion: the discontinuity lives in the readout. The last three columns test the spontaneous-symmetry-breaking
+reading (c and n separating abruptly in embedding space at the jump): ΔG_cn is how much the
+target–competitor overlap changed across the jump, and the two ratios compare how fast G_cn and
+the token states ê_c, ê_n moved there, per unit learning rate, with their median speed elsewhere
+in the run ("–": nothing moved anywhere, as under LoRA). Symmetry breaking would show as a ratio
+above {t.symmetry_ratio}, and as a geometric part Γ that carries the jump.
 
 ## Failure modes across all built-in contexts
 

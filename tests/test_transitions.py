@@ -48,6 +48,7 @@ def synthetic(
     for i in range(steps + 1):
         row = {
             "step": i,
+            "lr": 1e-3 if i < steps else math.nan,
             "phi": phi[i],
             "margin": margins[i],
             "p_target": p_c[i],
@@ -158,3 +159,18 @@ def test_frozen_geometry_is_checked_from_the_hashes():
     report = analyze(broken, summary_for(broken, same_hash=False))
     assert report["n_jumps"] == 1 and report["n_phantom_jumps"] == 0
     assert report["thresholds"]["phantom_fraction"] == 0.9
+
+
+def test_geometry_speed_is_judged_per_unit_learning_rate():
+    from phantomlens.train import schedule_factors
+
+    t = synthetic(velocity=2.0, margin0=-9.0, steps=30)  # the jump lands near the LR peak
+    lrs = np.array([*schedule_factors(30, "cosine", 0.1), math.nan]) * 1e-3
+    t["lr"] = lrs
+    applied = np.concatenate([[math.nan], lrs[:-1]])
+    t["disp_target"] = t["disp_competitor"] = 50 * applied  # the embeddings move ∝ the LR, no faster
+    t["overlap_tc"] = 0.6 - np.nancumsum(np.nan_to_num(applied)) * 2
+    jump = max(detect_jumps(t), key=lambda j: abs(j.delta_phi))
+    assert jump.displacement_ratio == pytest.approx(1.0, rel=1e-6)
+    assert jump.overlap_change_ratio == pytest.approx(1.0, rel=1e-6)
+    assert not jump.symmetry_breaking

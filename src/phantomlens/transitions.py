@@ -34,7 +34,8 @@ class AnalysisConfig(JsonConfig):
     )
     symmetry_ratio: float = option(
         3.0,
-        "symmetry breaking is flagged when |ΔG_cn| or ‖Δê‖ at a jump exceeds this × its median elsewhere",
+        "symmetry breaking is flagged when |ΔG_cn| or ‖Δê‖ per unit LR at a jump exceeds this × its "
+        "median over the steps before the jump",
     )
     drag_worsening: float = option(
         0.005, "structural failure: the drag fell by more than this from step 0 to the end"
@@ -69,8 +70,8 @@ class Jump:
     delta_overlap: float  # ΔG_cn across the jump
     displacement_target: float  # ‖Δê_c‖ across the jump
     displacement_competitor: float
-    overlap_change_ratio: float  # |ΔG_cn| per step here / median elsewhere (nan if frozen)
-    displacement_ratio: float  # max ‖Δê‖ per step here / median elsewhere (nan if frozen)
+    overlap_change_ratio: float  # |ΔG_cn| per unit LR here / its median before (nan if frozen)
+    displacement_ratio: float  # max ‖Δê‖ per unit LR here / its median before (nan if frozen)
     symmetry_breaking: bool
 
     def to_dict(self) -> dict:
@@ -186,26 +187,40 @@ def _describe(t: pd.DataFrame, start: int, end: int, zscore: float, config: Anal
 def _geometry_ratios(
     t: pd.DataFrame, start: int, end: int, overlap_change: float, displacement: float
 ) -> tuple[float, float]:
-    """How fast G_cn and the token states change at the jump relative to the rest of the run."""
-    window = end - start
-    outside = np.ones(len(t), dtype=bool)
-    outside[:1] = False  # row 0 has no previous row
-    outside[start + 1 : end + 1] = False
-    overlap_steps = np.abs(np.diff(t["overlap_tc"].to_numpy(dtype=float)))
-    overlap_elsewhere = overlap_steps[outside[1:]]
+    """How fast G_cn and the token states move at the jump, per unit learning rate, relative to
+    their median speed over the steps before it.
+
+    Per unit LR, because an optimiser moves the embeddings in proportion to the LR it applies: a
+    jump near the schedule's peak would otherwise look fast merely for its LR. Before the jump,
+    because after it the loss converges, the gradients vanish and Adam's steps shrink, so a
+    converged model's stillness is no yardstick for a learning one. (A jump at the first
+    step has no such history and is compared with all other steps.) The change between rows
+    t−1 and t is made by the update at step t−1, with lr[t−1].
+    """
+    lr = t["lr"].to_numpy(dtype=float)
+    applied = np.concatenate([[math.nan], lr[:-1]])  # the LR that produced row t from row t−1
+    before = np.zeros(len(t), dtype=bool)
+    before[1 : start + 1] = True  # rows reached by the updates before the jump
+    if before.sum() < 1:  # a jump at the very first step: compare with everything else instead
+        before = np.ones(len(t), dtype=bool)
+        before[:1] = False
+        before[start + 1 : end + 1] = False
+    usable = before & np.isfinite(applied) & (applied > 0)
+    overlap_speed = np.abs(np.diff(t["overlap_tc"].to_numpy(dtype=float), prepend=math.nan)) / applied
     disp = np.maximum(t["disp_target"].to_numpy(dtype=float), t["disp_competitor"].to_numpy(dtype=float))
-    disp_elsewhere = disp[outside]
+    disp_speed = disp / applied
+    lr_here = float(np.nansum(applied[start + 1 : end + 1]))
 
     def ratio(here: float, elsewhere: np.ndarray) -> float:
         elsewhere = elsewhere[np.isfinite(elsewhere)]
         if here == 0 and (elsewhere.size == 0 or np.all(elsewhere == 0)):
             return math.nan  # frozen geometry: nothing moves anywhere
         typical = float(np.median(elsewhere)) if elsewhere.size else math.nan
-        return here / typical if typical > 0 else math.inf
+        if not lr_here > 0 or not typical > 0:
+            return math.inf if here > 0 else math.nan
+        return (here / lr_here) / typical
 
-    return ratio(abs(overlap_change) / window, overlap_elsewhere), ratio(
-        displacement / window, disp_elsewhere
-    )
+    return ratio(abs(overlap_change), overlap_speed[usable]), ratio(displacement, disp_speed[usable])
 
 
 @dataclass
