@@ -219,3 +219,14 @@ def test_bad_sweep_input_is_one_error_line(tmp_path, capsys):
         code = main(["sweep", "--out", str(tmp_path / "s"), *argv])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("error:") and expected in err and len(err.splitlines()) == 1
+
+
+def test_a_failing_run_is_one_error_line_that_says_how_to_resume(reference, tmp_path):
+    tiny, _ = reference
+    proc = cli("sweep", "--model", tiny, "--contexts", "weary", "--steps", "2", "--workers", "1",
+               "--out", tmp_path / "s")
+    _, err = proc.communicate(timeout=300)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith("error: the predict of weary failed in its worker")
+    assert "tokens for this tokenizer" in lines[0] and "rerun the same command" in lines[0]

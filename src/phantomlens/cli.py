@@ -14,24 +14,12 @@ import warnings
 from pathlib import Path
 
 from phantomlens.errors import PhantomLensError
+from phantomlens.models import quiet_libraries
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump
         raise PhantomLensError(f"{message} (see {self.prog} --help)")
-
-
-def _quiet_libraries() -> None:
-    import os
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -512,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        _quiet_libraries()
+        quiet_libraries()
         return int(args.func(args) or 0)
     except PhantomLensError as exc:
         print(f"error: {exc}", file=sys.stderr)

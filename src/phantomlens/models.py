@@ -49,6 +49,15 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 }
 
 
+def quiet_libraries() -> None:
+    """Errors only from transformers, and no per-load progress bars (CLI and sweep workers)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def cache_root() -> Path:
     """Where dequantized models are cached: ``$PHANTOMLENS_CACHE`` or ``~/.cache/phantomlens``."""
     env = os.environ.get(CACHE_ENV)

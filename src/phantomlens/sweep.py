@@ -154,9 +154,10 @@ _MODELS: dict[str, tuple] = {}
 
 
 def _model(name: str):
-    from phantomlens.models import load_model
+    from phantomlens.models import load_model, quiet_libraries
 
     if name not in _MODELS:
+        quiet_libraries()
         _MODELS.clear()
         _MODELS[name] = load_model(name)
     return _MODELS[name]
@@ -367,7 +368,14 @@ class Sweep:
                 for future in done:
                     kind, context, lr = pending.pop(future)
                     busy.discard(context)
-                    result = future.result()
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # a worker died (memory, a kill) or a run raised
+                        what = f"the {kind} of {context}" + (f" at lr {lr:.4g}" if lr else "")
+                        raise PhantomLensError(
+                            f"{what} failed in its worker ({type(exc).__name__}: {exc}); finished runs "
+                            "are kept: rerun the same command to resume"
+                        ) from None
                     if kind == "predict":
                         write_json_atomic(self.prediction_path(context), result)
                     else:
