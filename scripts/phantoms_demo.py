@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "results" / "phantoms"
 DOC = ROOT / "docs" / "phantoms.md"
 
-# (model, context, mode, lr): showcase runs; each is stored as <model>-<mode>-<context>-<lr>.
+# (model, context, mode, lr[, optimizer]): showcase runs, stored as <model>-<mode>-<context>-<lr>
+# (with -sgd when the optimiser is SGD; AdamW otherwise).
 SHOWCASE = [
     ("smollm2-135m", "shame", "lora", 1e-3),
     ("smollm2-135m", "chilly", "lora", 1e-3),
@@ -38,11 +39,14 @@ SHOWCASE = [
     ("gemma3-270m", "shame", "full", 1e-5),
     ("gemma3-270m", "shame", "full", 3e-2),
     ("gemma3-270m", "shame", "full", 1.0),
+    ("smollm2-135m", "shame", "full", 10.0, "sgd"),
+    ("gemma3-270m", "shame", "full", 10.0, "sgd"),
 ]
 
 
-def showcase_name(model: str, context: str, mode: str, lr: float) -> str:
-    return f"{model.split('-')[0]}-{mode}-{context}-{lr:g}"
+def showcase_name(model: str, context: str, mode: str, lr: float, optimizer: str = "adamw") -> str:
+    suffix = "" if optimizer == "adamw" else f"-{optimizer}"
+    return f"{model.split('-')[0]}-{mode}-{context}-{lr:g}{suffix}"
 
 
 # (model, mode, lr): every built-in context at one sub-critical LR, to see how failures look.
@@ -57,12 +61,12 @@ def run_missing() -> None:
     from phantomlens.models import load_model
     from phantomlens.train import finetune
 
-    jobs = [(RUNS / showcase_name(*entry), entry[0], entry[1], entry[2], entry[3]) for entry in SHOWCASE]
+    jobs = [(RUNS / showcase_name(*entry), *entry[:4], (entry[4:] or ("adamw",))[0]) for entry in SHOWCASE]
     for model, mode, lr in SCANS:
         for ctx in builtin_contexts():
-            jobs.append((RUNS / f"scan-{model}-{mode}-{lr:g}" / ctx.name, model, ctx.name, mode, lr))
+            jobs.append((RUNS / f"scan-{model}-{mode}-{lr:g}" / ctx.name, model, ctx.name, mode, lr, "adamw"))
     loaded: dict[str, tuple] = {}
-    for out, model, ctx, mode, lr in jobs:
+    for out, model, ctx, mode, lr, optimizer in jobs:
         if (out / "summary.json").is_file():
             continue
         if model not in loaded:
@@ -71,7 +75,7 @@ def run_missing() -> None:
         base, tokenizer = loaded[model]
         print(f"run {out.relative_to(ROOT)}", flush=True)
         finetune(model=copy.deepcopy(base), tokenizer=tokenizer, context=ctx, mode=mode, lr=lr,
-                 out=out, overwrite=True)
+                 optimizer=optimizer, out=out, overwrite=True)
 
 
 def load(directory: Path) -> tuple[dict, dict]:
@@ -94,16 +98,18 @@ def showcase_table() -> list[str]:
         "pred. (margin) | err | pred. (pair-weighted) | err | ΔG_cn | ΔG_cn ratio | ‖Δê‖ ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for model, context, mode, lr in SHOWCASE:
-        name = showcase_name(model, context, mode, lr)
+    for entry in SHOWCASE:
+        model, _context, mode, lr = entry[:4]
+        name = showcase_name(*entry)
         directory = RUNS / name
         if not (directory / "summary.json").is_file():
             continue
         s, e = load(directory)
         silent = " (silent)" if s["silent"] else ""
         same = "bit-identical" if s["embeddings_unchanged"] else "changed"
+        optimizer = s["config"]["optimizer"]
         lines.append(
-            f"| `{name}` | {model} | {mode} | {lr:g} | **{s['outcome']}**{silent} | "
+            f"| `{name}` | {model} | {mode}, {optimizer} | {lr:g} | **{s['outcome']}**{silent} | "
             f"{s['flip_step'] if s['flip_step'] is not None else '–'} | "
             f"{s['loss_initial']:.2f} → {s['loss_final']:.3g} | {same} | "
             f"{e['n_jumps']} ({e['n_phantom_jumps']}) |"
@@ -213,7 +219,7 @@ phantomlens run --model M --context "your text" --target W --competitor W --mode
 The run prints each jump with its decomposition, verdict and predicted size; `phantomlens report
 RUN_DIR --out report.html` shows the same with the figures.
 
-## Showcase runs (T = 50, cosine schedule, AdamW, seed 0)
+## Showcase runs (T = 50, cosine schedule, seed 0)
 
 {showcase}
 
