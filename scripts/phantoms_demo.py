@@ -74,8 +74,16 @@ def run_missing() -> None:
             loaded[model] = load_model(model)
         base, tokenizer = loaded[model]
         print(f"run {out.relative_to(ROOT)}", flush=True)
-        finetune(model=copy.deepcopy(base), tokenizer=tokenizer, context=ctx, mode=mode, lr=lr,
-                 optimizer=optimizer, out=out, overwrite=True)
+        finetune(
+            model=copy.deepcopy(base),
+            tokenizer=tokenizer,
+            context=ctx,
+            mode=mode,
+            lr=lr,
+            optimizer=optimizer,
+            out=out,
+            overwrite=True,
+        )
 
 
 def load(directory: Path) -> tuple[dict, dict]:
@@ -111,7 +119,7 @@ def showcase_table() -> list[str]:
         lines.append(
             f"| `{name}` | {model} | {mode}, {optimizer} | {lr:g} | **{s['outcome']}**{silent} | "
             f"{s['flip_step'] if s['flip_step'] is not None else '–'} | "
-            f"{s['loss_initial']:.2f} → {s['loss_final']:.3g} | {same} | "
+            f"{s['loss_initial']:.2f} → {s['loss_final'] + 0.0:.3g} | {same} | "
             f"{e['n_jumps']} ({e['n_phantom_jumps']}) |"
         )
         for j in e["jumps"]:
@@ -143,8 +151,15 @@ def scan_tables() -> tuple[list[str], dict]:
         for _, s, _ in records:
             outcomes[s["outcome"]] = outcomes.get(s["outcome"], 0) + 1
         silent = sum(s["silent"] for _, s, _ in records)
-        changes = sorted(d["drag_change"] for _, s, d in records if s["outcome"] in ("kinematic", "structural"))
-        stats[(model, mode, lr)] = {"outcomes": outcomes, "silent": silent, "n": len(records), "drag": changes}
+        changes = sorted(
+            d["drag_change"] for _, s, d in records if s["outcome"] in ("kinematic", "structural")
+        )
+        stats[(model, mode, lr)] = {
+            "outcomes": outcomes,
+            "silent": silent,
+            "n": len(records),
+            "drag": changes,
+        }
         lines += [
             f"**{model}, {mode}, η = {lr:g}, all {len(records)} built-in contexts**: "
             + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))

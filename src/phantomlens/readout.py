@@ -220,7 +220,7 @@ def readout_from_logits(
         margin=float(z_c - z_n),
         rank_target=int((logits > z_c).sum()) + 1,
         rank_competitor=int((logits > z_n).sum()) + 1,
-        loss=float(-log_p[target_id]),
+        loss=float(-log_p[target_id]) + 0.0,  # + 0.0: a certain target gives 0, not −0
         phi=float(phi),
         signal=float(signal),
         drag=float(drag),
