@@ -67,7 +67,7 @@ def range_test(
         for group in optimizer.param_groups:
             group["lr"] = lr
         _, loss = forward_loss(model, spec.input_ids, target)
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             break
         smoothed = value if not losses else smooth * value + (1 - smooth) * losses[-1]
@@ -228,8 +228,15 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
         if model in lora:
             lora[model]["predicted_sufficient"] = classes[model]["lora_sufficient_predicted"]
             lora[model]["prediction_right"] = lora[model]["predicted_sufficient"] == lora[model]["sufficient"]
+    sweep_seconds = sum(
+        json.loads(path.read_text()).get("wall_time_s", 0.0)
+        for d in dirs
+        for path in d.glob("runs/**/lr=*.json")
+    )
+    range_seconds = float(ranges["wall_time_s"].sum()) if len(ranges) else 0.0
     result = {
         "command": "python benchmarks/critical_lr.py " + " ".join(sys.argv[1:]),
+        "compute_seconds": {"sweep_runs": round(sweep_seconds, 1), "range_tests": round(range_seconds, 1)},
         "classes": classes,
         "models": models,
         "modes": modes,

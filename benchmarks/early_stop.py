@@ -156,8 +156,10 @@ def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
     all_savings = frame.loc[
         frame.get("flip_rule_triggered", pd.Series(dtype=bool)).fillna(False).astype(bool), "saving"
     ]
+    seconds = sum(json.loads(path.read_text())["wall_time_s"] for path in RUNS.glob("*/*/summary.json"))
     result = {
         "command": "python benchmarks/early_stop.py " + " ".join(sys.argv[1:]),
+        "compute_seconds": round(seconds, 1),
         "rule": rule,
         "lrs": lrs,
         "models": models,
