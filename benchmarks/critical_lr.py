@@ -409,8 +409,10 @@ def write_doc(result: dict) -> None:
         "LoRA suffices for a context when some LR below the divergence limit flips it within T;",
         "for a model when it does for at least half of the contexts (`LORA_SUFFICIENT_FRACTION`).",
         "",
-        f"Running time of the invocation that wrote this: {result['elapsed_s_this_invocation']:.0f} s "
-        "(resumed work is not re-timed).",
+        f"Running time (the runs' own wall-clock times, summed; 2-core machine, shared with other jobs): "
+        f"sweeps {result['compute_seconds']['sweep_runs'] / 60:.0f} min, range tests "
+        f"{result['compute_seconds']['range_tests'] / 60:.0f} min. The command is resumable and skips "
+        "stored runs.",
         "",
     ]
     DOC.write_text("\n".join(lines))

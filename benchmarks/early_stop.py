@@ -296,7 +296,8 @@ def write_doc(result: dict) -> None:
         lines += ["", f"Not yet measured: {', '.join(missing)}."]
     lines += [
         "",
-        f"Running time of the invocation that wrote this: {result['elapsed_s_this_invocation']:.0f} s.",
+        f"Running time: {result['compute_seconds'] / 60:.0f} min of training runs (their wall-clock times "
+        "summed; 2-core machine, shared with other jobs). The command is resumable and skips stored runs.",
         "",
     ]
     (ROOT / "docs" / "early-stopping.md").write_text("\n".join(lines))
