@@ -258,6 +258,55 @@ def _pct(value) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
 
 
+def finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def summary_lines(result: dict) -> list[str]:
+    """Plain sentences computed from the results, so the doc's verdicts cannot drift from them."""
+    lines = []
+    for key, k in sorted(result["kappa"].items(), key=lambda kv: kv[1]["log_std"]):
+        lines.append(
+            f"- κ for {key}: {k['value']:.3g} over {k['n']} contexts of {', '.join(k['models'])}; "
+            f"spread CV {_pct(k['cv'])}, std of log κ {k['log_std']:.2f} (the smaller, the more universal)."
+        )
+    if result["blind"]:
+        for b in result["blind"]:
+            goal = "meets" if b["median_abs_error"] <= 0.02 else "misses"
+            lines.append(
+                f"- Blind test {b['key']}, held-out {b['model']}: median |error| "
+                f"{_pct(b['median_abs_error'])} ({goal} the 2% goal)."
+            )
+    else:
+        lines.append("- Blind test: **not yet measured** (needs sweeps of a second model in the same mode).")
+    for name, c in result["cost"].items():
+        if c["median_ratio"]:
+            lines.append(
+                f"- Cost, {name}: a sweep took a median {c['median_sweep_passes']:.0f} passes, a "
+                f"first-order prediction 3 ({c['median_ratio']:.0f}× fewer), a two-point one 7 "
+                f"({c['median_sweep_passes'] / 7:.0f}× fewer)."
+            )
+    for name, r in result["range_test"].items():
+        lines.append(
+            f"- LR range test, {name}: its suggestion is a median {_pct(r['median_abs_error'])} away "
+            "from η_c."
+        )
+    for model, c in result["classes"].items():
+        lora = result["lora_sufficiency"].get(model)
+        verdict = (
+            "not yet checked (no finished LoRA sweep)"
+            if not lora
+            else "right"
+            if lora["prediction_right"]
+            else "**wrong**"
+        )
+        lines.append(
+            f"- {model}: class {c['geometry_class']} (χ = {c['crowding']:.0f}); LoRA predicted "
+            f"{'sufficient' if c['lora_sufficient_predicted'] else 'not sufficient'}: {verdict}."
+        )
+    return lines
+
+
 def write_doc(result: dict) -> None:
     """docs/critical-lr.md, from the benchmark JSON alone."""
     lines = [
@@ -290,6 +339,10 @@ def write_doc(result: dict) -> None:
         f"Benchmark settings: models {', '.join(result['models'])}; modes {', '.join(result['modes'])}; "
         f"{len(result['contexts'])} contexts ({', '.join(result['contexts'])}); T = 50, cosine, AdamW, seed 0.",
         "",
+        "## Summary",
+        "",
+        *summary_lines(result),
+        "",
         "## Measured η_c and the κ = 1 prediction",
         "",
         "| model / mode | context | η_c | bracket | runs | first-order (κ=1) | κ_i | simulated (κ=1) | κ_i | two-point (κ=1) | κ_i | range test | range-test error |",
@@ -301,10 +354,11 @@ def write_doc(result: dict) -> None:
         bracket = f"{r['bracket_low']:.4g}–{r['bracket_high']:.4g}" if r.get("bracket_low") else "–"
         sim = r.get("eta_c_predicted_sim_kappa1")
         two = r.get("eta_c_predicted_two_point_kappa1")
-        kappa_two = f"{two / eta:.3f}" if eta and two else "–"
+        kappa_two = f"{two / eta:.3f}" if eta and finite(two) else "– (no root)" if eta else "–"
         shown_two = "–" if two is None or (isinstance(two, float) and math.isnan(two)) else f"{two:.4g}"
-        kappa_i = f"{pred / eta:.3f}" if eta and pred else "–"
-        kappa_sim = f"{sim / eta:.3f}" if eta and sim else "–"
+
+        kappa_i = f"{pred / eta:.3f}" if eta and finite(pred) else "–"
+        kappa_sim = f"{sim / eta:.3f}" if eta and finite(sim) else "–"
         suggestion = r.get("range_test_suggestion")
         shown_pred = "–" if pred is None else f"{pred:.4g}"
         shown_sim = "–" if sim is None or (isinstance(sim, float) and math.isnan(sim)) else f"{sim:.4g}"
