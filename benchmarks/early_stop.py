@@ -79,7 +79,7 @@ def evaluate(trajectory, steps: int, margin_safe: float, patience: int, min_delt
 
 
 def run_all(models, modes, contexts, lrs) -> None:
-    from phantomlens.models import load_model
+    from phantomlens.models import load_model_cached
     from phantomlens.train import finetune
 
     for model in models:
@@ -91,7 +91,7 @@ def run_all(models, modes, contexts, lrs) -> None:
         ]
         if not todo:
             continue
-        base, tokenizer = load_model(model)
+        base, tokenizer = load_model_cached(model)
         for mode, context in todo:
             out = RUNS / f"{model}-{mode}" / context
             print(f"run {out.relative_to(ROOT)}", flush=True)

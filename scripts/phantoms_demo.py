@@ -58,21 +58,17 @@ SCANS = [
 
 def run_missing() -> None:
     from phantomlens.contexts import builtin_contexts
-    from phantomlens.models import load_model
+    from phantomlens.models import load_model_cached
     from phantomlens.train import finetune
 
     jobs = [(RUNS / showcase_name(*entry), *entry[:4], (entry[4:] or ("adamw",))[0]) for entry in SHOWCASE]
     for model, mode, lr in SCANS:
         for ctx in builtin_contexts():
             jobs.append((RUNS / f"scan-{model}-{mode}-{lr:g}" / ctx.name, model, ctx.name, mode, lr, "adamw"))
-    loaded: dict[str, tuple] = {}
     for out, model, ctx, mode, lr, optimizer in jobs:
         if (out / "summary.json").is_file():
             continue
-        if model not in loaded:
-            loaded.clear()  # one model in memory at a time
-            loaded[model] = load_model(model)
-        base, tokenizer = loaded[model]
+        base, tokenizer = load_model_cached(model)
         print(f"run {out.relative_to(ROOT)}", flush=True)
         finetune(
             model=copy.deepcopy(base),

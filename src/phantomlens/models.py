@@ -102,6 +102,18 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = F
         ) from None
 
 
+_RESIDENT: dict[str, tuple] = {}
+
+
+def load_model_cached(name: str):
+    """``load_model(name)``, keeping the last loaded model in memory (one at a time) for reuse
+    by loops that train copies of it: sweep workers, benchmarks, demo scripts."""
+    if name not in _RESIDENT:
+        _RESIDENT.clear()  # free the previous model before loading the next
+        _RESIDENT[name] = load_model(name)
+    return _RESIDENT[name]
+
+
 def _check_safetensors(path: Path) -> None:
     has_safe = any(path.glob("*.safetensors"))
     has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))

@@ -150,17 +150,12 @@ def _fields(result: Plan) -> dict:
 
 # --- execution ----------------------------------------------------------------------------------
 
-_MODELS: dict[str, tuple] = {}
-
 
 def _model(name: str):
-    from phantomlens.models import load_model, quiet_libraries
+    from phantomlens.models import load_model_cached, quiet_libraries
 
-    if name not in _MODELS:
-        quiet_libraries()
-        _MODELS.clear()
-        _MODELS[name] = load_model(name)
-    return _MODELS[name]
+    quiet_libraries()
+    return load_model_cached(name)
 
 
 def execute(task: dict) -> dict:
