@@ -78,8 +78,8 @@ def evaluate(trajectory, steps: int, margin_safe: float, patience: int, min_delt
     }
 
 
-def run_all(models, modes, contexts, lrs) -> None:
-    from phantomlens.models import load_model_cached
+def run_all(models, modes, contexts, lrs, device: str = "auto") -> None:
+    from phantomlens.models import load_model_cached, resolve_device
     from phantomlens.train import finetune
 
     for model in models:
@@ -92,6 +92,7 @@ def run_all(models, modes, contexts, lrs) -> None:
         if not todo:
             continue
         base, tokenizer = load_model_cached(model)
+        base.to(resolve_device(device))
         for mode, context in todo:
             out = RUNS / f"{model}-{mode}" / context
             print(f"run {out.relative_to(ROOT)}", flush=True)
@@ -317,6 +318,7 @@ def main() -> int:
     parser.add_argument("--margin-safe", type=float, default=defaults.margin_safe)
     parser.add_argument("--patience", type=int, default=defaults.patience)
     parser.add_argument("--min-delta", type=float, default=1e-3, help="loss-plateau min_delta")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu, cuda")
     parser.add_argument("--doc-only", action="store_true")
     args = parser.parse_args()
     contexts = [c.name for c in builtin_contexts()[: args.contexts]]
@@ -324,7 +326,7 @@ def main() -> int:
     rule = {"margin_safe": args.margin_safe, "patience": args.patience, "min_delta": args.min_delta}
     started = time.perf_counter()
     if not args.doc_only:
-        run_all(args.models, args.modes, contexts, lrs)
+        run_all(args.models, args.modes, contexts, lrs, args.device)
     result = summarize(args.models, args.modes, contexts, lrs, rule, time.perf_counter() - started)
     print(json.dumps({k: result[k] for k in ("overall", "groups")}, indent=2, default=str))
     return 0

@@ -223,10 +223,67 @@ def test_bad_sweep_input_is_one_error_line(tmp_path, capsys):
 
 def test_a_failing_run_is_one_error_line_that_says_how_to_resume(reference, tmp_path):
     tiny, _ = reference
-    proc = cli("sweep", "--model", tiny, "--contexts", "weary", "--steps", "2", "--workers", "1",
-               "--out", tmp_path / "s")
+    proc = cli(
+        "sweep",
+        "--model",
+        tiny,
+        "--contexts",
+        "weary",
+        "--steps",
+        "2",
+        "--workers",
+        "1",
+        "--out",
+        tmp_path / "s",
+    )
     _, err = proc.communicate(timeout=300)
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1
     assert lines[0].startswith("error: the predict of weary failed in its worker")
     assert "tokens for this tokenizer" in lines[0] and "rerun the same command" in lines[0]
+
+
+def test_grid_runs_every_lr_once_and_resumes(reference, tmp_path):
+    """--grid: every (context, LR) cell once, in grid.parquet; a rerun adds nothing."""
+    from phantomlens.sweep import Sweep
+
+    tiny, _ = reference
+    settings = dict(model=str(tiny), contexts=["shame", "tale"], mode="full", steps=3, workers=1)
+    config = SweepConfig(**settings, grid=[1e-4, 1e-2, 1.0])
+    table = Sweep(config, tmp_path / "g").run(progress=False)
+    assert sorted(table["lr"].unique()) == [1e-4, 1e-2, 1.0]
+    assert len(table) == 6 and set(table["context"]) == {"shame", "tale"}
+    assert set(table["verdict"]) <= {SUCCESS, FAILURE, DIVERGED}
+    stored = pd.read_parquet(tmp_path / "g" / "grid.parquet")
+    pd.testing.assert_frame_equal(stored, table)
+    assert json.loads((tmp_path / "g" / "summary.json").read_text())["complete"] is True
+    before = record_files(tmp_path / "g")
+    Sweep(config, tmp_path / "g").run(progress=False)
+    assert record_files(tmp_path / "g") == before, "a finished grid cell was run again"
+    wider = SweepConfig(**settings, grid=[1e-4, 1e-2, 1.0, 0.1])  # one more LR: one run per context
+    assert len(Sweep(wider, tmp_path / "g").run(progress=False)) == 8
+
+
+def test_a_directory_refuses_runs_with_other_settings(reference, tmp_path):
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.sweep import Sweep
+
+    tiny, _ = reference
+    settings = dict(model=str(tiny), contexts=["shame"], mode="full", steps=2, workers=1)
+    Sweep(SweepConfig(**settings, grid=[1e-3]), tmp_path / "d").run(progress=False)
+    with pytest.raises(PhantomLensError, match="steps: 2 -> 3"):
+        Sweep(SweepConfig(**{**settings, "steps": 3}, grid=[1e-3]), tmp_path / "d").run(progress=False)
+    with pytest.raises(PhantomLensError, match="a grid and a search"):
+        Sweep(SweepConfig(**settings), tmp_path / "d").run(progress=False)
+
+
+def test_sweep_device_is_checked_up_front(tmp_path):
+    import torch
+
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.sweep import Sweep
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(PhantomLensError, match="no CUDA device is visible"):
+        Sweep(SweepConfig(contexts=["shame"], device="cuda"), tmp_path / "s")

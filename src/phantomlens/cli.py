@@ -106,6 +106,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(json.loads((Path(args.out) / "summary.json").read_text()), indent=2))
         return 0
+    if config.grid:
+        lrs = sorted(table["lr"].unique())
+        cells = {(r.context, r.lr): r.outcome for r in table.itertuples()}
+        rows = [[c, *(cells.get((c, lr), "-") for lr in lrs)] for c in dict.fromkeys(table["context"])]
+        print(_table(rows, ["context", *(_fmt(lr) for lr in lrs)]))
+        print(f"written   {Path(args.out) / 'grid.parquet'}")
+        return 0
     rows = [
         [
             r.context,

@@ -176,7 +176,9 @@ def pick_competitor(model, input_ids: torch.Tensor, target_id: int) -> int:
     with torch.no_grad():
         unembedding = output_embedding(model)
         states = token_states_for(unembedding, candidates, center=False)
-        target_state = token_states_for(unembedding, torch.tensor([target_id]), center=False)[0]
+        target_state = token_states_for(
+            unembedding, torch.tensor([target_id], device=unembedding.device), center=False
+        )[0]
         overlaps = states @ target_state
     best = int(torch.argmax(overlaps))  # argmax returns the first maximum: the higher rank
     return int(candidates[best])

@@ -102,6 +102,23 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = F
         ) from None
 
 
+def resolve_device(spec: str = "auto"):
+    """``auto`` (the first CUDA device when one is visible, else the CPU), ``cpu``, ``cuda``, ``cuda:N``."""
+    import torch
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise PhantomLensError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PhantomLensError(f"device {spec!r} asked for, but no CUDA device is visible; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise PhantomLensError(f"device {spec!r} is not supported: use auto, cpu, cuda or cuda:N")
+    return device
+
+
 _RESIDENT: dict[str, tuple] = {}
 
 

@@ -94,7 +94,9 @@ def step_zero(
     params = [p for p in model.parameters() if p.requires_grad]
     logits = last_token_logits(model, input_ids)
     margin = logits[target_id] - logits[competitor_id]
-    loss = torch.nn.functional.cross_entropy(logits.float().unsqueeze(0), torch.tensor([target_id]))
+    loss = torch.nn.functional.cross_entropy(
+        logits.float().unsqueeze(0), torch.tensor([target_id], device=logits.device)
+    )
     grad_margin = torch.autograd.grad(margin, params, retain_graph=True, allow_unused=True)
     grad_loss = torch.autograd.grad(loss, params, allow_unused=True)
     velocity = 0.0

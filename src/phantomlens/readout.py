@@ -147,7 +147,8 @@ def spectrum_input(
 ) -> SpectrumInput:
     top_p, top_ids = torch.topk(p, min(cap, p.numel()))
     cumulative = top_p.cumsum(0)
-    k = int(torch.searchsorted(cumulative, torch.tensor(mass, dtype=cumulative.dtype)).item()) + 1
+    threshold = torch.tensor(mass, dtype=cumulative.dtype, device=cumulative.device)
+    k = int(torch.searchsorted(cumulative, threshold).item()) + 1
     k = min(k, top_p.numel())
     pk, ids = top_p[:k], top_ids[:k]
     covered = float(pk.sum())
@@ -233,7 +234,7 @@ def readout_from_logits(
         topk_mass=covered,
         geometry="centred" if center else "raw",
     )
-    ids = torch.tensor([target_id, competitor_id])
+    ids = torch.tensor([target_id, competitor_id], device=unembedding.device)
     states = token_states_for(unembedding.detach(), ids, center)
     return readout, ReadoutState(p=p, weight=weight, state_target=states[0], state_competitor=states[1])
 
@@ -248,6 +249,8 @@ def output_embedding(model) -> torch.Tensor:
 
 def last_token_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
     """The model's own next-token logits [V] after ``input_ids`` (1 × L), from its own forward."""
+    # The context is tokenised on the CPU; the model may live on an accelerator.
+    input_ids = input_ids.to(model.get_input_embeddings().weight.device)
     out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
     return out.logits[0, -1]
 

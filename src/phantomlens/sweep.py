@@ -54,8 +54,36 @@ class SweepConfig(JsonConfig):
     min_lr: float = option(1e-10, "never try below this LR")
     max_lr: float = option(10.0, "never try above this LR")
     eta_max: bool = option(True, "also bisect the divergence limit η_max")
+    grid: list[float] | None = option(
+        None,
+        "run exactly these peak LRs on every context (a phase diagram, DIR/grid.parquet) "
+        "instead of searching η_c",
+    )
     backend: str = option("local", "where runs execute", choices=("local", "ray"))
     workers: int | None = option(None, "parallel runs (default: one per two CPU cores)")
+    device: str = option("auto", "where each run executes: auto (CUDA when visible), cpu, cuda, cuda:N")
+
+
+#: The settings every record of one sweep directory must share.
+RUN_SETTINGS = ("model", "mode", "steps", "schedule", "optimizer", "seed")
+
+#: What a grid's table keeps of each run record.
+GRID_FIELDS = (
+    "verdict",
+    "outcome",
+    "silent",
+    "status",
+    "flipped",
+    "flip_step",
+    "flipped_at_end",
+    "steps_completed",
+    "margin_initial",
+    "margin_final",
+    "loss_initial",
+    "loss_final",
+    "n_jumps",
+    "n_phantom_jumps",
+)
 
 
 def lr_key(lr: float) -> float:
@@ -151,11 +179,12 @@ def _fields(result: Plan) -> dict:
 # --- execution ----------------------------------------------------------------------------------
 
 
-def _model(name: str):
-    from phantomlens.models import load_model_cached, quiet_libraries
+def _model(name: str, device: str):
+    from phantomlens.models import load_model_cached, quiet_libraries, resolve_device
 
     quiet_libraries()
-    return load_model_cached(name)
+    base, tokenizer = load_model_cached(name)
+    return base.to(resolve_device(device)), tokenizer  # in place: the resident copy moves once
 
 
 def execute(task: dict) -> dict:
@@ -168,7 +197,7 @@ def execute(task: dict) -> dict:
         torch.set_num_threads(task["threads"])
     from phantomlens.train import RunConfig, finetune
 
-    base, tokenizer = _model(task["model"])
+    base, tokenizer = _model(task["model"], task["run"].get("device", "auto"))
     config = RunConfig(**task["run"])
     if task["kind"] == "predict":
         from phantomlens.predict import predict_critical_lr
@@ -266,6 +295,9 @@ class Sweep:
         self.contexts = [get_context(name).name for name in names]
         if config.steps < 1 or not 0 < config.tolerance < 1 or config.factor <= 1:
             raise PhantomLensError("need --steps ≥ 1, 0 < --tolerance < 1 and --factor > 1")
+        from phantomlens.models import resolve_device
+
+        resolve_device(config.device)  # an unusable device fails here, not in every worker
         self.model_tag = _safe(Path(config.model).name if os.path.exists(config.model) else config.model)
 
     def run_dir(self, context: str) -> Path:
@@ -296,10 +328,44 @@ class Sweep:
             "optimizer": c.optimizer,
             "seed": c.seed,
             "model": c.model,
+            "device": c.device,
         }
         if lr is not None:
             run["lr"] = lr
         return run
+
+    def check_compatible(self) -> None:
+        """Refuse to add runs to a directory whose records were made with other run settings."""
+        import json
+
+        path = self.out / "sweep.json"
+        if not path.is_file():
+            return
+        try:
+            before = json.loads(path.read_text())
+        except ValueError:
+            return  # written atomically, so this is not ours; the records speak for themselves
+        now = self.config.to_dict()
+        changed = [k for k in RUN_SETTINGS if k in before and before[k] != now[k]]
+        if bool(before.get("grid")) != bool(now["grid"]):
+            changed.append("grid (a grid and a search)")
+        if changed:
+            what = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed if k in now)
+            raise PhantomLensError(
+                f"{self.out} holds a sweep made with other settings ({what or changed[0]}); "
+                "use another --out, or the same settings to resume it"
+            )
+
+    def next_runs(self, context: str, in_flight: set) -> list[float]:
+        """LRs to start now: a search runs one at a time per context; a grid runs all at once."""
+        records = self.records(context)
+        if self.config.grid:
+            wanted = sorted({lr_key(lr) for lr in self.config.grid})
+            return [lr for lr in wanted if lr not in records and lr not in in_flight]
+        if in_flight:
+            return []
+        step = plan({lr: r["verdict"] for lr, r in records.items()}, self.start_lr(context), self.config)
+        return [] if step.next_lr is None else [step.next_lr]
 
     def start_lr(self, context: str) -> float:
         import json
@@ -319,6 +385,7 @@ class Sweep:
     def run(self, progress: bool | None = None) -> pd.DataFrame:
         from tqdm.auto import tqdm
 
+        self.check_compatible()
         self.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out / "sweep.json", self.config.to_dict())
         backend = _Backend(self.config)
@@ -328,9 +395,9 @@ class Sweep:
             disable=None if progress is None else not progress,
         )
         pending: dict[cf.Future, tuple[str, str, float | None]] = {}
-        busy: set[str] = set()
+        busy: dict[str, set] = {}  # context -> LRs in flight (None: its prediction)
         try:
-            if not self.config.start_lr:
+            if not self.config.start_lr and not self.config.grid:
                 for context in self.contexts:
                     if not self.prediction_path(context).is_file():
                         task = {
@@ -339,30 +406,20 @@ class Sweep:
                             "run": self._run_settings(context),
                         }
                         pending[backend.submit(task)] = ("predict", context, None)
-                        busy.add(context)
+                        busy[context] = {None}
             while True:
                 for context in self.contexts:
-                    if context in busy:
-                        continue
-                    records = self.records(context)
-                    step = plan(
-                        {lr: r["verdict"] for lr, r in records.items()}, self.start_lr(context), self.config
-                    )
-                    if step.next_lr is None:
-                        continue
-                    task = {
-                        "kind": "run",
-                        "model": self.config.model,
-                        "run": self._run_settings(context, step.next_lr),
-                    }
-                    pending[backend.submit(task)] = ("run", context, step.next_lr)
-                    busy.add(context)
+                    for lr in self.next_runs(context, busy.get(context, set())):
+                        run = self._run_settings(context, lr)
+                        task = {"kind": "run", "model": self.config.model, "run": run}
+                        pending[backend.submit(task)] = ("run", context, lr)
+                        busy.setdefault(context, set()).add(lr)
                 if not pending:
                     break
                 done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
                 for future in done:
                     kind, context, lr = pending.pop(future)
-                    busy.discard(context)
+                    busy[context].discard(lr)
                     try:
                         result = future.result()
                     except Exception as exc:  # a worker died (memory, a kill) or a run raised
@@ -382,6 +439,22 @@ class Sweep:
             bar.close()
             backend.close()
         return self.write_results()
+
+    def grid_results(self) -> pd.DataFrame:
+        """One row per (context, LR) run of a grid: the phase diagram's cells."""
+        rows = []
+        for context in self.contexts:
+            for lr, r in sorted(self.records(context).items()):
+                rows.append(
+                    {
+                        "model": self.config.model,
+                        "context": context,
+                        "mode": self.config.mode,
+                        "lr": lr,
+                        **{k: r.get(k) for k in GRID_FIELDS},
+                    }
+                )
+        return pd.DataFrame(rows, columns=["model", "context", "mode", "lr", *GRID_FIELDS])
 
     def results(self) -> pd.DataFrame:
         import json
@@ -423,15 +496,22 @@ class Sweep:
     def write_results(self) -> pd.DataFrame:
         import io
 
-        table = self.results()
+        if self.config.grid:
+            table = self.grid_results()
+            name = "grid.parquet"
+            complete = all(not self.next_runs(c, set()) for c in self.contexts)
+        else:
+            table = self.results()
+            name = "critical_lr.parquet"
+            complete = bool(table["complete"].all())
         buffer = io.BytesIO()
         table.to_parquet(buffer, index=False)
-        write_bytes_atomic(self.out / "critical_lr.parquet", buffer.getvalue())
+        write_bytes_atomic(self.out / name, buffer.getvalue())
         write_json_atomic(
             self.out / "summary.json",
             {
                 "config": self.config.to_dict(),
-                "complete": bool(table["complete"].all()),
+                "complete": complete,
                 "results": table.to_dict(orient="records"),
             },
         )

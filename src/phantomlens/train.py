@@ -83,6 +83,11 @@ class RunConfig(JsonConfig):
         SPECTRAL_TOPK, "largest k for purity and entropy; 0 skips them (the cheapest readout)"
     )
     trust_remote_code: bool = option(False, "allow a hub model's own code to run (off by default)")
+    device: str = option(
+        "auto",
+        "where a model phantomlens loads runs: auto (CUDA when visible), cpu, cuda, cuda:N; "
+        "a model passed in stays where it is",
+    )
     early_stop: bool = option(
         False, "stop once the flip is secure (margin ≥ --margin-safe for --patience steps)"
     )
@@ -181,14 +186,16 @@ class RunResult:
 
 def setup_run(config: RunConfig | None, model, tokenizer, overrides: dict):
     """The validated config (fields overridable by keyword), the model, and the resolved context."""
-    from phantomlens.models import load_model
+    from phantomlens.models import load_model, resolve_device
 
     config = RunConfig(**{**(config.to_dict() if config else {}), **overrides})
     config.validate()
     if (model is None) != (tokenizer is None):
         raise PhantomLensError("pass both model and tokenizer, or neither")
     if model is None:
+        device = resolve_device(config.device)
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        model.to(device)
     return config, model, tokenizer, resolve_run_context(config, tokenizer, model)
 
 
@@ -405,7 +412,7 @@ def finetune(
         leave=False,
     )
     started = time.perf_counter()
-    target = torch.tensor([spec.target_id])
+    target = torch.tensor([spec.target_id], device=unembedding.device)
     with instrument:
         updates = 0
         for step in range(config.steps):
@@ -465,6 +472,7 @@ def finetune(
         cutoff=cutoff,
         trainable=sum(p.numel() for p in trainable),
         wall=wall,
+        device=unembedding.device,
         vocab=vocab,
         notes=notes,
     )
@@ -505,6 +513,7 @@ def summarize(
     cutoff,
     trainable: int,
     wall: float,
+    device,
     vocab: int,
     notes: list[str],
 ) -> dict:
@@ -545,6 +554,7 @@ def summarize(
             "n_context_tokens": int(spec.input_ids.shape[1]),
         },
         "vocab_size": vocab,
+        "device": str(device),
         "trainable_parameters": trainable,
         "wall_time_s": round(wall, 2),
         "notes": notes,
