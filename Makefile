@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.phantomlens-installed
 
-.PHONY: setup demo test test-all lint bench clean-cache
+.PHONY: setup demo test test-all lint bench findings clean-cache
 
 setup: $(STAMP)
 
@@ -30,3 +30,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+
+# Runs whatever results are missing (resumable), then rewrites docs/findings.md and its sources' docs.
+findings: $(STAMP)
+	$(BIN)/python scripts/findings.py

@@ -228,15 +228,16 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
         if model in lora:
             lora[model]["predicted_sufficient"] = classes[model]["lora_sufficient_predicted"]
             lora[model]["prediction_right"] = lora[model]["predicted_sufficient"] == lora[model]["sufficient"]
-    sweep_seconds = sum(
-        json.loads(path.read_text()).get("wall_time_s", 0.0)
-        for d in dirs
-        for path in d.glob("runs/**/lr=*.json")
-    )
+    sweep_seconds: dict[str, float] = {}  # per device: CPU and GPU times are not comparable
+    for d in dirs:
+        for path in d.glob("runs/**/lr=*.json"):
+            record = json.loads(path.read_text())
+            device = record.get("device", "cpu").split(":")[0]
+            sweep_seconds[device] = round(sweep_seconds.get(device, 0.0) + record.get("wall_time_s", 0.0), 1)
     range_seconds = float(ranges["wall_time_s"].sum()) if len(ranges) else 0.0
     result = {
         "command": "python benchmarks/critical_lr.py " + " ".join(sys.argv[1:]),
-        "compute_seconds": {"sweep_runs": round(sweep_seconds, 1), "range_tests": round(range_seconds, 1)},
+        "compute_seconds": {"sweep_runs": sweep_seconds, "range_tests": {"cpu": round(range_seconds, 1)}},
         "classes": classes,
         "models": models,
         "modes": modes,
@@ -307,6 +308,11 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
+def device_times(seconds: dict[str, float]) -> str:
+    where = {"cpu": "on the 2-core CPU machine (shared with other jobs)", "cuda": "on one H200 GPU"}
+    return ", ".join(f"{value / 60:.0f} min {where.get(k, k)}" for k, value in sorted(seconds.items())) or "–"
+
+
 def write_doc(result: dict) -> None:
     """docs/critical-lr.md, from the benchmark JSON alone."""
     lines = [
@@ -335,6 +341,12 @@ def write_doc(result: dict) -> None:
         "phantomlens calibrate sweeps/lora --out calibration.json       # κ and its spread",
         "phantomlens predict --context shame --mode lora --calibration calibration.json",
         "```",
+        "",
+        "A sweep directory holds one search: rerunning the command resumes it, and adding runs made "
+        "with other run settings (model, mode, steps, schedule, optimiser, seed) is refused. "
+        "`phantomlens sweep --grid η₁ η₂ …` runs a fixed LR grid on every context instead of searching "
+        "(a phase diagram, `DIR/grid.parquet`); `--device` and `--workers` choose where and how many "
+        "runs at once (with CUDA, several workers share the GPU).",
         "",
         f"Benchmark settings: models {', '.join(result['models'])}; modes {', '.join(result['modes'])}; "
         f"{len(result['contexts'])} contexts ({', '.join(result['contexts'])}); T = 50, cosine, AdamW, seed 0.",
@@ -463,10 +475,16 @@ def write_doc(result: dict) -> None:
         "LoRA suffices for a context when some LR below the divergence limit flips it within T;",
         "for a model when it does for at least half of the contexts (`LORA_SUFFICIENT_FRACTION`).",
         "",
-        f"Running time (the runs' own wall-clock times, summed; 2-core machine, shared with other jobs): "
-        f"sweeps {result['compute_seconds']['sweep_runs'] / 60:.0f} min, range tests "
-        f"{result['compute_seconds']['range_tests'] / 60:.0f} min. The command is resumable and skips "
-        "stored runs.",
+        "Running time (the runs' own wall-clock times, summed): sweeps "
+        + device_times(result["compute_seconds"]["sweep_runs"])
+        + "; range tests "
+        + device_times(result["compute_seconds"]["range_tests"])
+        + ". The command is resumable and skips stored runs"
+        + (
+            "; the sweeps with GPU times ran there (`--device auto` picks CUDA when visible)."
+            if "cuda" in result["compute_seconds"]["sweep_runs"]
+            else "."
+        ),
         "",
     ]
     DOC.write_text("\n".join(lines))

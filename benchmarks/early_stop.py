@@ -157,10 +157,14 @@ def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
     all_savings = frame.loc[
         frame.get("flip_rule_triggered", pd.Series(dtype=bool)).fillna(False).astype(bool), "saving"
     ]
-    seconds = sum(json.loads(path.read_text())["wall_time_s"] for path in RUNS.glob("*/*/summary.json"))
+    seconds: dict[str, float] = {}  # per device: CPU and GPU times are not comparable
+    for path in RUNS.glob("*/*/summary.json"):
+        summary = json.loads(path.read_text())
+        device = summary.get("device", "cpu").split(":")[0]
+        seconds[device] = round(seconds.get(device, 0.0) + summary["wall_time_s"], 1)
     result = {
         "command": "python benchmarks/early_stop.py " + " ".join(sys.argv[1:]),
-        "compute_seconds": round(seconds, 1),
+        "compute_seconds": seconds,
         "rule": rule,
         "lrs": lrs,
         "models": models,
@@ -225,6 +229,11 @@ an instrumented run, reusing the training logits (no extra forward pass).
 
 def _pct(value) -> str:
     return "–" if value is None else f"{value:.0%}"
+
+
+def device_times(seconds: dict[str, float]) -> str:
+    where = {"cpu": "on the 2-core CPU machine (shared with other jobs)", "cuda": "on one H200 GPU"}
+    return ", ".join(f"{value / 60:.0f} min {where.get(k, k)}" for k, value in sorted(seconds.items()))
 
 
 def write_doc(result: dict) -> None:
@@ -297,8 +306,9 @@ def write_doc(result: dict) -> None:
         lines += ["", f"Not yet measured: {', '.join(missing)}."]
     lines += [
         "",
-        f"Running time: {result['compute_seconds'] / 60:.0f} min of training runs (their wall-clock times "
-        "summed; 2-core machine, shared with other jobs). The command is resumable and skips stored runs.",
+        "Running time of the training runs (their wall-clock times summed): "
+        + device_times(result["compute_seconds"])
+        + ". The command is resumable and skips stored runs; `--device` picks where they run.",
         "",
     ]
     (ROOT / "docs" / "early-stopping.md").write_text("\n".join(lines))

@@ -66,3 +66,26 @@ def test_cuda_prediction_and_readout_match_cpu(llama):
     pb = predict_critical_lr(model=gpu, tokenizer=tokenizer, context="shame", mode="full")
     assert pb.eta_c == pytest.approx(pa.eta_c, rel=1e-3)
     assert all(torch.equal(before[k], v) for k, v in gpu.state_dict().items())
+
+
+def test_records_name_the_model_that_ran(llama, tiny_dir):
+    """A model passed in is recorded as what it is, never as the default built-in name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from phantomlens.models import describe_model
+    from phantomlens.train import finetune
+
+    model, tokenizer = llama
+    assert describe_model(model) == type(model).__name__
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert describe_model(loaded) == str(tiny_dir)
+    loaded.config._name_or_path = "/any/cache/models/gemma3-270m"
+    assert describe_model(loaded) == "gemma3-270m"
+    result = finetune(
+        model=AutoModelForCausalLM.from_pretrained(tiny_dir),
+        tokenizer=AutoTokenizer.from_pretrained(tiny_dir),
+        context="shame",
+        steps=1,
+        progress=False,
+    )
+    assert result.summary["config"]["model"] == str(tiny_dir)

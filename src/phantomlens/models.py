@@ -102,6 +102,16 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = F
         ) from None
 
 
+def describe_model(model) -> str:
+    """What a model object was loaded as: a built-in name, else its path or hub id, else its class."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    where = str(getattr(base.config, "_name_or_path", "") or "")
+    path = Path(where)
+    if path.name in BUILTIN_MODELS and path.parent.name == "models":
+        return path.name  # a built-in model read from phantomlens's cache (any cache root)
+    return where or type(base).__name__
+
+
 def resolve_device(spec: str = "auto"):
     """``auto`` (the first CUDA device when one is visible, else the CPU), ``cpu``, ``cuda``, ``cuda:N``."""
     import torch

@@ -231,6 +231,7 @@ def execute(task: dict) -> dict:
         "n_phantom_jumps": s["n_phantom_jumps"],
         "embeddings_unchanged": s["embeddings_unchanged"],
         "wall_time_s": round(time.perf_counter() - started, 2),
+        "device": s["device"],
         "run": task["run"],
         "model": task["model"],
     }

@@ -186,7 +186,7 @@ class RunResult:
 
 def setup_run(config: RunConfig | None, model, tokenizer, overrides: dict):
     """The validated config (fields overridable by keyword), the model, and the resolved context."""
-    from phantomlens.models import load_model, resolve_device
+    from phantomlens.models import describe_model, load_model, resolve_device
 
     config = RunConfig(**{**(config.to_dict() if config else {}), **overrides})
     config.validate()
@@ -196,6 +196,8 @@ def setup_run(config: RunConfig | None, model, tokenizer, overrides: dict):
         device = resolve_device(config.device)
         model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
         model.to(device)
+    else:
+        config.model = describe_model(model)  # records say what actually ran, not the default name
     return config, model, tokenizer, resolve_run_context(config, tokenizer, model)
 
 
