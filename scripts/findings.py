@@ -33,6 +33,9 @@ DOC = ROOT / "docs" / "findings.md"
 FIGURES = ROOT / "docs" / "figures"
 MODELS = ["smollm2-135m", "gemma3-270m"]
 MODES = ["full", "lora"]
+#: A fixed-LR column on every sweep context, high enough to find where AdamW diverges.
+GRID_LRS = [1.0]
+GRIDS = ROOT / "results" / "grid"
 FAILURES = ("kinematic", "structural")
 OUTCOME_COLOURS = {
     "success": "#2b8a3e",
@@ -55,14 +58,25 @@ def run_missing() -> None:
     from phantomlens.contexts import builtin_contexts
 
     started = time.perf_counter()
-    print("1/3 phantom showcases and sub-critical scans (results/phantoms)", flush=True)
+    print("1/4 phantom showcases and sub-critical scans (results/phantoms)", flush=True)
     phantoms_demo.run_missing()
-    print("2/3 critical-LR sweeps and range tests (benchmarks/results/sweeps)", flush=True)
+    print("2/4 critical-LR sweeps and range tests (benchmarks/results/sweeps)", flush=True)
     critical_lr.run_sweeps(MODELS, MODES, sweep_contexts())
     critical_lr.run_range_tests(MODELS, MODES, sweep_contexts())
-    print("3/3 early-stopping runs (benchmarks/results/early_stop)", flush=True)
+    print("3/4 early-stopping runs (benchmarks/results/early_stop)", flush=True)
     early_stop.run_all(MODELS, MODES, [c.name for c in builtin_contexts()], early_stop_lrs())
+    print(f"4/4 the fixed-LR grid at η = {GRID_LRS} ({GRIDS.relative_to(ROOT)})", flush=True)
+    run_grids()
     print(f"runs complete in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def run_grids() -> None:
+    from phantomlens.sweep import Sweep, SweepConfig
+
+    for model in MODELS:
+        for mode in MODES:
+            config = SweepConfig(model=model, mode=mode, contexts=sweep_contexts(), grid=GRID_LRS)
+            Sweep(config, GRIDS / f"{model}-{mode}").run()
 
 
 def early_stop_lrs() -> dict[str, float]:
@@ -90,16 +104,17 @@ def regenerate_component_docs() -> None:
 # --- the stored results, as one table of runs ----------------------------------------------------
 
 
-def sweep_records() -> pd.DataFrame:
+def sweep_records(root: Path = critical_lr.SWEEPS, source: str = "sweep") -> pd.DataFrame:
+    """Run records of the sweeps (or, with ``root=GRIDS``, of the fixed-LR grids)."""
     rows = []
     for model in MODELS:
         for mode in MODES:
-            directory = critical_lr.SWEEPS / f"{model}-{mode}"
+            directory = root / f"{model}-{mode}"
             for path in sorted(directory.glob("runs/**/lr=*.json")):
                 r = json.loads(path.read_text())
                 rows.append(
                     {
-                        "source": "sweep",
+                        "source": source,
                         "model": model,
                         "mode": mode,
                         "optimizer": r["run"].get("optimizer", "adamw"),
@@ -768,9 +783,9 @@ def claim_early_stop(result: dict) -> list[str]:
 
 
 def write_doc() -> None:
-    runs_sweep = sweep_records()
     dirs = run_directories()
-    runs = pd.concat([runs_sweep, dirs.drop(columns=["jumps"])], ignore_index=True)
+    frames = [sweep_records(), sweep_records(GRIDS, "grid"), dirs.drop(columns=["jumps"])]
+    runs = pd.concat([f for f in frames if len(f)], ignore_index=True)
     critical = critical_table()
     calibration = json.loads((critical_lr.RESULTS / "calibration.json").read_text())
     result = json.loads((critical_lr.RESULTS / "critical_lr.json").read_text())
@@ -818,7 +833,11 @@ def write_doc() -> None:
         "Every stored AdamW run of the first 12 built-in contexts: the sweeps' bracketing and bisection "
         "runs, the sub-critical scans, the early-stopping runs and the showcases. Filled squares: outcome; "
         "hollow squares: silent failures; black bars: the sweep's η_c; blue crosses: the blind two-point "
-        "prediction (κ calibrated on the other model).",
+        "prediction (κ calibrated on the other model). The column at "
+        + ", ".join(f"η = {lr:g}" for lr in GRID_LRS)
+        + " is a fixed grid on every context (`results/grid/`), to find where AdamW diverges: "
+        + grid_summary(runs)
+        + ".",
         "",
         *[f"![phase diagram]({p})\n" for p in phases],
         "## Sources and reproduction",
@@ -827,19 +846,54 @@ def write_doc() -> None:
         "- calibration and blind test: `benchmarks/results/calibration.json`, "
         "`benchmarks/results/critical_lr.json`;",
         "- early stopping: `benchmarks/results/early_stop.json` and `benchmarks/results/early_stop/`;",
-        "- showcases and scans: `results/phantoms/`.",
+        "- showcases and scans: `results/phantoms/`;",
+        "- the fixed-LR grid: `results/grid/<model>-<mode>/` (`grid.parquet`).",
         "",
         "`make findings` runs whatever of these is missing (resumable; progress is printed) and "
         "rewrites this "
         "file, [phantoms.md](phantoms.md), [critical-lr.md](critical-lr.md) and "
         "[early-stopping.md](early-stopping.md). With every result stored it takes about a minute. From "
-        "nothing, on this project's 2-core CPU machine, the runs take roughly 14 hours, most of it the "
-        "full-fine-tuning sweeps and range tests of Gemma (about 200 s per run); on one H200 GPU the "
-        "full-mode sweeps of both models took under 10 minutes (`--device auto` uses CUDA when visible; "
-        "a CPU and a GPU run of the default demo agree to 2.5e-5 in the margin, `results/gpu-check/`).",
+        "nothing, it runs everything above; the stored runs' own wall-clock times add up to "
+        + compute_summary()
+        + ". The GPU part would take several times longer on the CPU machine (`--device auto` uses CUDA "
+        "when visible; a CPU and a GPU run of the default demo agree to 2.5e-5 in the margin, "
+        "`results/gpu-check/`).",
         "",
     ]
     DOC.write_text("\n".join(lines))
+
+
+def compute_summary() -> str:
+    """The stored runs' own wall-clock times, per device (sweeps, grids, run directories, range tests)."""
+    seconds: dict[str, float] = {}
+
+    def add(device: str, value: float) -> None:
+        key = device.split(":")[0]
+        seconds[key] = seconds.get(key, 0.0) + float(value or 0.0)
+
+    for root in (critical_lr.SWEEPS, GRIDS):
+        for path in root.glob("*/runs/**/lr=*.json"):
+            record = json.loads(path.read_text())
+            add(record.get("device", "cpu"), record.get("wall_time_s", 0.0))
+    for path in [*phantoms_demo.RUNS.glob("**/summary.json"), *early_stop.RUNS.glob("**/summary.json")]:
+        summary = json.loads(path.read_text())
+        add(summary.get("device", "cpu"), summary["wall_time_s"])
+    ranges = critical_lr.RESULTS / "range_tests.json"
+    for test in json.loads(ranges.read_text()) if ranges.is_file() else []:
+        add("cpu", test["wall_time_s"])
+    where = {"cpu": "on the 2-core CPU machine", "cuda": "on one H200 GPU (summed over parallel runs)"}
+    return " and ".join(f"{value / 3600:.1f} h {where.get(k, k)}" for k, value in sorted(seconds.items()))
+
+
+def grid_summary(runs: pd.DataFrame) -> str:
+    grid = runs[runs["source"] == "grid"]
+    if not len(grid):
+        return "not yet run"
+    parts = []
+    for (model, mode, lr), group in grid.groupby(["model", "mode", "lr"]):
+        counts = group["outcome"].value_counts()
+        parts.append(f"{model} {mode} at η = {lr:g}: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
+    return "; ".join(parts)
 
 
 def summary_rows(runs, dirs, calibration, result, stops) -> list[str]:

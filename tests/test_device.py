@@ -75,7 +75,7 @@ def test_records_name_the_model_that_ran(llama, tiny_dir):
     from phantomlens.models import describe_model
     from phantomlens.train import finetune
 
-    model, tokenizer = llama
+    model, _ = llama
     assert describe_model(model) == type(model).__name__
     loaded = AutoModelForCausalLM.from_pretrained(tiny_dir)
     assert describe_model(loaded) == str(tiny_dir)
