@@ -26,11 +26,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from compute_time import add_seconds, device_times
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SWEEPS = RESULTS / "sweeps"
 DOC = ROOT / "docs" / "critical-lr.md"
+N_CONTEXTS = 12  # the first N built-in contexts, per model and mode
 
 
 def range_test(
@@ -228,12 +230,11 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
         if model in lora:
             lora[model]["predicted_sufficient"] = classes[model]["lora_sufficient_predicted"]
             lora[model]["prediction_right"] = lora[model]["predicted_sufficient"] == lora[model]["sufficient"]
-    sweep_seconds: dict[str, float] = {}  # per device: CPU and GPU times are not comparable
+    sweep_seconds: dict[str, float] = {}
     for d in dirs:
         for path in d.glob("runs/**/lr=*.json"):
             record = json.loads(path.read_text())
-            device = record.get("device", "cpu").split(":")[0]
-            sweep_seconds[device] = round(sweep_seconds.get(device, 0.0) + record.get("wall_time_s", 0.0), 1)
+            add_seconds(sweep_seconds, record.get("device"), record.get("wall_time_s"))
     range_seconds = float(ranges["wall_time_s"].sum()) if len(ranges) else 0.0
     result = {
         "command": "python benchmarks/critical_lr.py " + " ".join(sys.argv[1:]),
@@ -306,11 +307,6 @@ def summary_lines(result: dict) -> list[str]:
             f"{'sufficient' if c['lora_sufficient_predicted'] else 'not sufficient'}: {verdict}."
         )
     return lines
-
-
-def device_times(seconds: dict[str, float]) -> str:
-    where = {"cpu": "on the 2-core CPU machine (shared with other jobs)", "cuda": "on one H200 GPU"}
-    return ", ".join(f"{value / 60:.0f} min {where.get(k, k)}" for k, value in sorted(seconds.items())) or "–"
 
 
 def write_doc(result: dict) -> None:
@@ -496,7 +492,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--modes", nargs="+", default=["lora", "full"])
-    parser.add_argument("--contexts", type=int, default=12, help="the first N built-in contexts")
+    parser.add_argument("--contexts", type=int, default=N_CONTEXTS, help="the first N built-in contexts")
     parser.add_argument("--skip-range-test", action="store_true")
     parser.add_argument("--doc-only", action="store_true", help="only summarise what is stored")
     args = parser.parse_args()

@@ -29,9 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+from compute_time import add_seconds, device_times
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = RESULTS / "early_stop"
+LRS = {"full": 1e-5, "lora": 1e-3}  # a typical fine-tuning LR per mode (single-example fine-tune)
+MIN_DELTA = 1e-3  # loss-plateau stopping's min_delta
 
 
 def flip_stop(margins: list[float], margin_safe: float, patience: int) -> int | None:
@@ -157,11 +161,10 @@ def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
     all_savings = frame.loc[
         frame.get("flip_rule_triggered", pd.Series(dtype=bool)).fillna(False).astype(bool), "saving"
     ]
-    seconds: dict[str, float] = {}  # per device: CPU and GPU times are not comparable
+    seconds: dict[str, float] = {}
     for path in RUNS.glob("*/*/summary.json"):
         summary = json.loads(path.read_text())
-        device = summary.get("device", "cpu").split(":")[0]
-        seconds[device] = round(seconds.get(device, 0.0) + summary["wall_time_s"], 1)
+        add_seconds(seconds, summary.get("device"), summary["wall_time_s"])
     result = {
         "command": "python benchmarks/early_stop.py " + " ".join(sys.argv[1:]),
         "compute_seconds": seconds,
@@ -229,11 +232,6 @@ an instrumented run, reusing the training logits (no extra forward pass).
 
 def _pct(value) -> str:
     return "–" if value is None else f"{value:.0%}"
-
-
-def device_times(seconds: dict[str, float]) -> str:
-    where = {"cpu": "on the 2-core CPU machine (shared with other jobs)", "cuda": "on one H200 GPU"}
-    return ", ".join(f"{value / 60:.0f} min {where.get(k, k)}" for k, value in sorted(seconds.items()))
 
 
 def write_doc(result: dict) -> None:
@@ -323,11 +321,11 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--modes", nargs="+", default=["lora", "full"])
     parser.add_argument("--contexts", type=int, default=len(builtin_contexts()))
-    parser.add_argument("--lr-full", type=float, default=1e-5)
-    parser.add_argument("--lr-lora", type=float, default=1e-3)
+    parser.add_argument("--lr-full", type=float, default=LRS["full"])
+    parser.add_argument("--lr-lora", type=float, default=LRS["lora"])
     parser.add_argument("--margin-safe", type=float, default=defaults.margin_safe)
     parser.add_argument("--patience", type=int, default=defaults.patience)
-    parser.add_argument("--min-delta", type=float, default=1e-3, help="loss-plateau min_delta")
+    parser.add_argument("--min-delta", type=float, default=MIN_DELTA, help="loss-plateau min_delta")
     parser.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu, cuda")
     parser.add_argument("--doc-only", action="store_true")
     args = parser.parse_args()

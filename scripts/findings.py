@@ -28,6 +28,7 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "scripts")]
 import critical_lr  # noqa: E402
 import early_stop  # noqa: E402
 import phantoms_demo  # noqa: E402
+from compute_time import add_seconds  # noqa: E402
 
 DOC = ROOT / "docs" / "findings.md"
 FIGURES = ROOT / "docs" / "figures"
@@ -51,7 +52,7 @@ OUTCOME_COLOURS = {
 def sweep_contexts() -> list[str]:
     from phantomlens.contexts import builtin_contexts
 
-    return [c.name for c in builtin_contexts()[:12]]
+    return [c.name for c in builtin_contexts()[: critical_lr.N_CONTEXTS]]
 
 
 def run_missing() -> None:
@@ -64,7 +65,7 @@ def run_missing() -> None:
     critical_lr.run_sweeps(MODELS, MODES, sweep_contexts())
     critical_lr.run_range_tests(MODELS, MODES, sweep_contexts())
     print("3/4 early-stopping runs (benchmarks/results/early_stop)", flush=True)
-    early_stop.run_all(MODELS, MODES, [c.name for c in builtin_contexts()], early_stop_lrs())
+    early_stop.run_all(MODELS, MODES, [c.name for c in builtin_contexts()], early_stop.LRS)
     print(f"4/4 the fixed-LR grid at η = {GRID_LRS} ({GRIDS.relative_to(ROOT)})", flush=True)
     run_grids()
     print(f"runs complete in {time.perf_counter() - started:.0f} s", flush=True)
@@ -79,10 +80,6 @@ def run_grids() -> None:
             Sweep(config, GRIDS / f"{model}-{mode}").run()
 
 
-def early_stop_lrs() -> dict[str, float]:
-    return {"full": 1e-5, "lora": 1e-3}
-
-
 def regenerate_component_docs() -> None:
     """The three docs this one summarises, rewritten from the same stored results."""
     from phantomlens.contexts import builtin_contexts
@@ -95,8 +92,8 @@ def regenerate_component_docs() -> None:
         MODELS,
         ["lora", "full"],
         [c.name for c in builtin_contexts()],
-        early_stop_lrs(),
-        {"margin_safe": rule.margin_safe, "patience": rule.patience, "min_delta": 1e-3},
+        early_stop.LRS,
+        {"margin_safe": rule.margin_safe, "patience": rule.patience, "min_delta": early_stop.MIN_DELTA},
         0.0,
     )
 
@@ -866,21 +863,16 @@ def write_doc() -> None:
 def compute_summary() -> str:
     """The stored runs' own wall-clock times, per device (sweeps, grids, run directories, range tests)."""
     seconds: dict[str, float] = {}
-
-    def add(device: str, value: float) -> None:
-        key = device.split(":")[0]
-        seconds[key] = seconds.get(key, 0.0) + float(value or 0.0)
-
     for root in (critical_lr.SWEEPS, GRIDS):
         for path in root.glob("*/runs/**/lr=*.json"):
             record = json.loads(path.read_text())
-            add(record.get("device", "cpu"), record.get("wall_time_s", 0.0))
+            add_seconds(seconds, record.get("device"), record.get("wall_time_s"))
     for path in [*phantoms_demo.RUNS.glob("**/summary.json"), *early_stop.RUNS.glob("**/summary.json")]:
         summary = json.loads(path.read_text())
-        add(summary.get("device", "cpu"), summary["wall_time_s"])
+        add_seconds(seconds, summary.get("device"), summary["wall_time_s"])
     ranges = critical_lr.RESULTS / "range_tests.json"
     for test in json.loads(ranges.read_text()) if ranges.is_file() else []:
-        add("cpu", test["wall_time_s"])
+        add_seconds(seconds, "cpu", test["wall_time_s"])
     where = {"cpu": "on the 2-core CPU machine", "cuda": "on one H200 GPU (summed over parallel runs)"}
     return " and ".join(f"{value / 3600:.1f} h {where.get(k, k)}" for k, value in sorted(seconds.items()))
 

@@ -89,3 +89,17 @@ def test_records_name_the_model_that_ran(llama, tiny_dir):
         progress=False,
     )
     assert result.summary["config"]["model"] == str(tiny_dir)
+
+
+def test_stored_gpu_run_matches_the_cpu_run():
+    """The committed H200 run of the default demo against the same run on the CPU (docs/runs.md)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    gpu = pd.read_parquet(root / "gpu-check" / "smollm2-full-shame" / "trajectory.parquet")
+    cpu = pd.read_parquet(root / "phantoms" / "smollm2-full-shame-1e-06" / "trajectory.parquet")
+    assert len(gpu) == len(cpu) == 51
+    assert float((gpu["margin"] - cpu["margin"]).abs().max()) < 2.5e-5
+    assert (gpu["margin"] > 0).idxmax() == (cpu["margin"] > 0).idxmax()  # the same flip step

@@ -215,6 +215,7 @@ def test_bad_sweep_input_is_one_error_line(tmp_path, capsys):
         (["--tolerance", "0"], "tolerance"),
         (["--factor", "1"], "factor"),
         (["--mode", "qlora"], "invalid choice"),
+        (["--grid", "1e-3", "-1"], "--grid takes positive learning rates"),
     ]:
         code = main(["sweep", "--out", str(tmp_path / "s"), *argv])
         err = capsys.readouterr().err

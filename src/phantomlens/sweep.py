@@ -296,6 +296,8 @@ class Sweep:
         self.contexts = [get_context(name).name for name in names]
         if config.steps < 1 or not 0 < config.tolerance < 1 or config.factor <= 1:
             raise PhantomLensError("need --steps ≥ 1, 0 < --tolerance < 1 and --factor > 1")
+        if config.grid is not None and not all(math.isfinite(lr) and lr > 0 for lr in config.grid):
+            raise PhantomLensError(f"--grid takes positive learning rates, got {config.grid}")
         from phantomlens.models import resolve_device
 
         resolve_device(config.device)  # an unusable device fails here, not in every worker
@@ -500,7 +502,8 @@ class Sweep:
         if self.config.grid:
             table = self.grid_results()
             name = "grid.parquet"
-            complete = all(not self.next_runs(c, set()) for c in self.contexts)
+            wanted = {(c, lr_key(lr)) for c in self.contexts for lr in self.config.grid}
+            complete = wanted <= set(zip(table["context"], table["lr"], strict=True))
         else:
             table = self.results()
             name = "critical_lr.parquet"
