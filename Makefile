@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.phantomlens-installed
 
-.PHONY: setup demo test test-all lint bench findings clean-cache
+.PHONY: setup demo test test-fast test-integration test-all lint bench findings clean-cache
 
 setup: $(STAMP)
 
@@ -20,17 +20,33 @@ demo: $(STAMP)
 	$(BIN)/phantomlens run --out runs/demo --overwrite
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks tools
+
+# Two tiers, each its own pytest run: the fast tier (unit tests on tiny random models; also what a
+# bare `pytest` runs) and the integration tier (the real SmolLM2). `make test` runs ruff, then both
+# (CI runs `make test`); `make test-fast` / `make test-integration` run one, PYTEST_ARGS narrows it.
+# Pytest exits 5 when a tier selects no tests: `|| [ $$? -eq 5 ]` lets that one status through.
+PYTEST            := $(BIN)/python -m pytest -q -p no:cacheprovider
+PYTEST_ARGS       ?=
+FAST_TIER         := $(PYTEST) -m "not slow and not integration" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+INTEGRATION_TIER  := $(PYTEST) -m "integration and not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(FAST_TIER)
+	$(INTEGRATION_TIER)
+
+test-fast: $(STAMP)
+	$(FAST_TIER)
+
+test-integration: $(STAMP)
+	$(INTEGRATION_TIER)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "" -p no:cacheprovider
+	$(PYTEST) -m "" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python -m benchmarks.overhead
 
 # Runs whatever results are missing (resumable), then rewrites docs/findings.md and its sources' docs.
 findings: $(STAMP)
-	$(BIN)/python scripts/findings.py
+	$(BIN)/python -m tools.findings

@@ -1,8 +1,8 @@
 """Critical learning rate: prediction vs sweep vs the LR range test, and the blind test.
 
-    python benchmarks/critical_lr.py                       # everything below, resumable
-    python benchmarks/critical_lr.py --models smollm2-135m --modes lora --contexts 12
-    python benchmarks/critical_lr.py --doc-only            # rewrite docs/critical-lr.md from the JSON
+    python -m benchmarks.critical_lr                       # everything below, resumable
+    python -m benchmarks.critical_lr --models smollm2-135m --modes lora --contexts 12
+    python -m benchmarks.critical_lr --doc-only            # rewrite docs/critical-lr.md from the JSON
 
 1. Sweeps (``phantomlens sweep``) per model × mode on the first N built-in contexts, stored under
    benchmarks/results/sweeps/<model>-<mode>/ (resumable: rerun to continue).
@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from compute_time import add_seconds, device_times
+
+from phantomlens.results import load_sweep_records
+from tools.fmt import DASH, SHARED_CPU, add_seconds, device_times, fmt, missing, pct
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -52,7 +54,9 @@ def range_test(
     import torch
 
     from phantomlens.contexts import get_context, resolve
-    from phantomlens.train import RunConfig, forward_loss, make_optimizer, prepare_model, update
+    from phantomlens.session import make_optimizer, prepare_model
+    from phantomlens.settings import RunConfig
+    from phantomlens.train import forward_loss, update
 
     ctx = get_context(context)
     config = RunConfig(mode=mode, lr=start)
@@ -87,13 +91,16 @@ def range_test(
 
 
 def run_sweeps(models, modes, contexts) -> dict[str, Path]:
-    from phantomlens.sweep import Sweep, SweepConfig
+    from phantomlens.settings import SweepConfig
+    from phantomlens.sweep import Sweep
 
     dirs = {}
     for model in models:
         for mode in modes:
             out = SWEEPS / f"{model}-{mode}"
-            config = SweepConfig(model=model, mode=mode, contexts=contexts, eta_max=False)
+            config = SweepConfig.from_dict(
+                {"model": model, "mode": mode, "contexts": contexts, "eta_max": False}
+            )
             print(f"sweep {model} {mode}: {len(contexts)} contexts -> {out.relative_to(ROOT)}", flush=True)
             Sweep(config, out).run()
             dirs[f"{model}/{mode}"] = out
@@ -131,28 +138,36 @@ def run_range_tests(models, modes, contexts) -> list[dict]:
     return done
 
 
-def summarize(models, modes, contexts, elapsed: float) -> dict:
-    import pandas as pd
+def prediction_passes(variant: str) -> int:
+    """Forward plus backward passes one prediction of ``variant`` costs (``predict.PASSES``)."""
+    from phantomlens.predict import PASSES
 
+    return sum(PASSES[variant].values())
+
+
+def _calibration(dirs: list[Path]) -> dict:
     from phantomlens.atomic import write_json_atomic
     from phantomlens.calibrate import calibrate
-    from phantomlens.classify import LORA_SUFFICIENT_FRACTION
-
-    dirs = [SWEEPS / f"{m}-{mode}" for m in models for mode in modes if (SWEEPS / f"{m}-{mode}").is_dir()]
-    tables = {d.name: pd.read_parquet(d / "critical_lr.parquet") for d in dirs}
     from phantomlens.errors import PhantomLensError
 
     try:
         calibration = calibrate(dirs)
-        write_json_atomic(RESULTS / "calibration.json", calibration)
     except PhantomLensError:  # nothing measured yet
-        calibration = {"kappa": {}, "blind": []}
-    ranges = (
-        pd.DataFrame(json.loads((RESULTS / "range_tests.json").read_text()))
-        if (RESULTS / "range_tests.json").is_file()
-        else pd.DataFrame()
-    )
-    per_run = []
+        return {"kappa": {}, "blind": []}
+    write_json_atomic(RESULTS / "calibration.json", calibration)
+    return calibration
+
+
+def _range_tests():
+    import pandas as pd
+
+    path = RESULTS / "range_tests.json"
+    return pd.DataFrame(json.loads(path.read_text())) if path.is_file() else pd.DataFrame()
+
+
+def per_context_rows(tables: dict, ranges) -> list[dict]:
+    """One row per (sweep, context): η_c, its bracket, the κ = 1 predictions, the range test."""
+    rows = []
     for name, table in tables.items():
         for row in table.itertuples():
             record = {
@@ -166,8 +181,8 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
                 "runs_used": row.runs_used,
                 "steps_run": row.steps_run,
                 "complete": bool(row.complete),
-                "sweep_passes": 2 * int(row.steps_run) + int(row.runs_used),
-                "prediction_passes": 3,
+                "sweep_passes": 2 * int(row.steps_run) + int(row.runs_used),  # 2T + 1 per run
+                "prediction_passes": prediction_passes("first-order"),
                 "eta_c_predicted_kappa1": row.eta_c_predicted_kappa1,
                 "eta_c_predicted_sim_kappa1": getattr(row, "eta_c_predicted_sim_kappa1", None),
                 "eta_c_predicted_two_point_kappa1": getattr(row, "eta_c_predicted_two_point_kappa1", None),
@@ -188,17 +203,28 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
                 record["range_test_error"] = (
                     (suggestion / row.eta_c - 1) if suggestion and row.eta_c else None
                 )
-            per_run.append(record)
-    frame = pd.DataFrame(per_run)
+            rows.append(record)
+    return rows
+
+
+def cost_by_sweep(frame) -> dict:
+    passes = prediction_passes("first-order")
     cost = {}
     for name, group in frame.groupby("sweep"):
         measured = group[group["eta_c"].notna()]
         cost[name] = {
             "contexts": len(group),
             "median_sweep_passes": float(measured["sweep_passes"].median()) if len(measured) else None,
-            "prediction_passes": 3,
-            "median_ratio": float((measured["sweep_passes"] / 3).median()) if len(measured) else None,
+            "prediction_passes": passes,
+            "median_ratio": float((measured["sweep_passes"] / passes).median()) if len(measured) else None,
         }
+    return cost
+
+
+def lora_sufficiency(frame, models) -> dict:
+    """Per model: did LoRA flip enough contexts below divergence (``classify.LORA_SUFFICIENT_FRACTION``)?"""
+    from phantomlens.classify import LORA_SUFFICIENT_FRACTION
+
     lora = {}
     for model in models:
         group = frame[(frame["model"] == model) & (frame["mode"] == "lora") & frame["complete"]]
@@ -209,15 +235,26 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
                 "flipped_below_divergence": flips,
                 "sufficient": flips / len(group) >= LORA_SUFFICIENT_FRACTION,
             }
-    range_errors = {}
+    return lora
+
+
+def range_errors(frame) -> dict:
+    errors_by_sweep = {}
     for name, group in frame.groupby("sweep"):
         if "range_test_error" in group and group["range_test_error"].notna().any():
             errors = group["range_test_error"].dropna().abs()
-            range_errors[name] = {
+            errors_by_sweep[name] = {
                 "n": len(errors),
                 "median_abs_error": float(errors.median()),
                 "max_abs_error": float(errors.max()),
             }
+    return errors_by_sweep
+
+
+def geometry_classes(models, lora: dict) -> dict:
+    """Each model's geometry class (cached; computed from the model once), checked against ``lora``."""
+    from phantomlens.atomic import write_json_atomic
+
     classes = {}
     for model in models:
         cached = RESULTS / f"classify-{model}.json"
@@ -230,15 +267,37 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
         if model in lora:
             lora[model]["predicted_sufficient"] = classes[model]["lora_sufficient_predicted"]
             lora[model]["prediction_right"] = lora[model]["predicted_sufficient"] == lora[model]["sufficient"]
-    sweep_seconds: dict[str, float] = {}
-    for d in dirs:
-        for path in d.glob("runs/**/lr=*.json"):
-            record = json.loads(path.read_text())
-            add_seconds(sweep_seconds, record.get("device"), record.get("wall_time_s"))
+    return classes
+
+
+def sweep_seconds(dirs: list[Path]) -> dict[str, float]:
+    seconds: dict[str, float] = {}
+    for directory in dirs:
+        for record in load_sweep_records(directory / "runs"):
+            add_seconds(seconds, record.device, record.wall_time_s)
+    return seconds
+
+
+def summarize(models, modes, contexts, elapsed: float) -> dict:
+    import pandas as pd
+
+    from phantomlens.atomic import write_json_atomic
+
+    dirs = [SWEEPS / f"{m}-{mode}" for m in models for mode in modes if (SWEEPS / f"{m}-{mode}").is_dir()]
+    tables = {d.name: pd.read_parquet(d / "critical_lr.parquet") for d in dirs}
+    calibration = _calibration(dirs)
+    ranges = _range_tests()
+    per_run = per_context_rows(tables, ranges)
+    frame = pd.DataFrame(per_run)
+    lora = lora_sufficiency(frame, models)
+    classes = geometry_classes(models, lora)
     range_seconds = float(ranges["wall_time_s"].sum()) if len(ranges) else 0.0
     result = {
-        "command": "python benchmarks/critical_lr.py " + " ".join(sys.argv[1:]),
-        "compute_seconds": {"sweep_runs": sweep_seconds, "range_tests": {"cpu": round(range_seconds, 1)}},
+        "command": "python -m benchmarks.critical_lr " + " ".join(sys.argv[1:]),
+        "compute_seconds": {
+            "sweep_runs": sweep_seconds(dirs),
+            "range_tests": {"cpu": round(range_seconds, 1)},
+        },
         "classes": classes,
         "models": models,
         "modes": modes,
@@ -246,9 +305,9 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
         "elapsed_s_this_invocation": round(elapsed, 1),
         "kappa": calibration["kappa"],
         "blind": calibration["blind"],
-        "cost": cost,
+        "cost": cost_by_sweep(frame),
         "lora_sufficiency": lora,
-        "range_test": range_errors,
+        "range_test": range_errors(frame),
         "per_context": per_run,
     }
     write_json_atomic(RESULTS / "critical_lr.json", result)
@@ -256,12 +315,10 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
     return result
 
 
-def _pct(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1%}"
-
-
-def finite(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
+#: The blind test's goal: a held-out model's η_c within this median error.
+BLIND_GOAL = 0.02
+#: A range-test suggestion this far from η_c (median relative error, every sweep) "lands far" from it.
+FAR_FROM_ETA_C = 0.5
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -270,29 +327,33 @@ def summary_lines(result: dict) -> list[str]:
     for key, k in sorted(result["kappa"].items(), key=lambda kv: kv[1]["log_std"]):
         lines.append(
             f"- κ for {key}: {k['value']:.3g} over {k['n']} contexts of {', '.join(k['models'])}; "
-            f"spread CV {_pct(k['cv'])}, std of log κ {k['log_std']:.2f} (the smaller, the more universal)."
+            f"spread CV {pct(k['cv'])}, std of log κ {k['log_std']:.2f} (the smaller, the more universal)."
         )
-    if result["blind"]:
-        for b in result["blind"]:
-            goal = "meets" if b["median_abs_error"] <= 0.02 else "misses"
-            lines.append(
-                f"- Blind test {b['key']}, held-out {b['model']}: median |error| "
-                f"{_pct(b['median_abs_error'])} ({goal} the 2% goal)."
-            )
-    else:
+    for b in result["blind"]:
+        goal = "meets" if b["median_abs_error"] <= BLIND_GOAL else "misses"
+        lines.append(
+            f"- Blind test {b['key']}, held-out {b['model']}: median |error| "
+            f"{pct(b['median_abs_error'])} ({goal} the {BLIND_GOAL:.0%} goal)."
+        )
+    if not result["blind"]:
         lines.append("- Blind test: **not yet measured** (needs sweeps of a second model in the same mode).")
+    first, two = prediction_passes("first-order"), prediction_passes("two-point")
     for name, c in result["cost"].items():
         if c["median_ratio"]:
             lines.append(
                 f"- Cost, {name}: a sweep took a median {c['median_sweep_passes']:.0f} passes, a "
-                f"first-order prediction 3 ({c['median_ratio']:.0f}× fewer), a two-point one 7 "
-                f"({c['median_sweep_passes'] / 7:.0f}× fewer)."
+                f"first-order prediction {first} ({c['median_ratio']:.0f}× fewer), a two-point one {two} "
+                f"({c['median_sweep_passes'] / two:.0f}× fewer)."
             )
     for name, r in result["range_test"].items():
         lines.append(
-            f"- LR range test, {name}: its suggestion is a median {_pct(r['median_abs_error'])} away "
-            "from η_c."
+            f"- LR range test, {name}: its suggestion is a median {pct(r['median_abs_error'])} away from η_c."
         )
+    return lines + class_lines(result)
+
+
+def class_lines(result: dict) -> list[str]:
+    lines = []
     for model, c in result["classes"].items():
         lora = result["lora_sufficiency"].get(model)
         verdict = (
@@ -309,25 +370,33 @@ def summary_lines(result: dict) -> list[str]:
     return lines
 
 
-def write_doc(result: dict) -> None:
-    """docs/critical-lr.md, from the benchmark JSON alone."""
-    lines = [
+def passes_words(variant: str) -> str:
+    from phantomlens.predict import PASSES
+
+    return f"{PASSES[variant]['forward']} forward + {PASSES[variant]['backward']} backward"
+
+
+def intro_lines(result: dict) -> list[str]:
+    from phantomlens.settings import SweepConfig
+
+    tolerance = SweepConfig().tolerance
+    return [
         "# Critical learning rate",
         "",
-        "*Generated by `python benchmarks/critical_lr.py` from `benchmarks/results/critical_lr.json`;"
+        "*Generated by `python -m benchmarks.critical_lr` from `benchmarks/results/critical_lr.json`;"
         " every number below is in that file. Sweeps are stored under `benchmarks/results/sweeps/`.*",
         "",
         "η_c is the smallest peak LR at which a run ends in `success` (flip held at the end of the",
-        "budget), measured by bracketing and bisection in log-LR to 1% (`phantomlens sweep`).",
+        f"budget), measured by bracketing and bisection in log-LR to {tolerance:.0%} (`phantomlens sweep`).",
         "Three predictions (`phantomlens predict --variant ...`), each divided by its own fitted κ:",
         "",
         "| variant | passes | what it assumes |",
         "|---|---|---|",
-        "| first-order | 1 forward + 2 backward | METHOD.md §9: every step moves the margin by η·s_t·A, "
+        f"| first-order | {passes_words('first-order')} | every step moves the margin by η·s_t·A, "
         "A = Σ_θ (∂m/∂θ)·sign(−∂L/∂θ) measured at step 0; η̂_c = −m_0 / (A·Σ_t s_t) |",
-        "| simulated | 2 forward + 2 backward | the logits move along the measured first-update direction b; "
+        f"| simulated | {passes_words('simulated')} | the logits move along the measured first-update direction b; "
         "Adam's step m̂/√v̂ shrinks as the loss gradient shrinks |",
-        "| two-point | 3 forward + 4 backward | the margin velocity changes linearly with the distance travelled; "
+        f"| two-point | {passes_words('two-point')} | the margin velocity changes linearly with the distance travelled; "
         "A is re-measured half-way (under LoRA the adapters' A matrices only start moving once B ≠ 0), "
         "and m_0 + η·A_0·Σs_t + η²·G·Σ s_t P_t = 0 is solved for η |",
         "",
@@ -347,6 +416,34 @@ def write_doc(result: dict) -> None:
         f"Benchmark settings: models {', '.join(result['models'])}; modes {', '.join(result['modes'])}; "
         f"{len(result['contexts'])} contexts ({', '.join(result['contexts'])}); T = 50, cosine, AdamW, seed 0.",
         "",
+    ]
+
+
+def _context_row(r: dict) -> str:
+    eta, pred = r.get("eta_c"), r.get("eta_c_predicted_kappa1")
+    sim, two = r.get("eta_c_predicted_sim_kappa1"), r.get("eta_c_predicted_two_point_kappa1")
+    bracket = f"{r['bracket_low']:.4g}–{r['bracket_high']:.4g}" if r.get("bracket_low") else DASH
+    shown = f"{fmt(pred, '.4g')} | {{}} | {fmt(sim, '.4g')} | {{}} | {fmt(two, '.4g')} | {{}}"
+    if not eta:
+        return (
+            f"| {r['sweep']} | {r['context']} | – ({r['note'] or 'not finished'}) | {bracket} | {r['runs_used']} | "
+            + shown.format(DASH, DASH, DASH)
+            + " | – | – |"
+        )
+
+    def kappa(predicted, none: str = DASH) -> str:
+        return none if missing(predicted) else f"{predicted / eta:.3f}"
+
+    suggestion = r.get("range_test_suggestion")
+    return (
+        f"| {r['sweep']} | {r['context']} | {eta:.4g} | {bracket} | {r['runs_used']} | "
+        + shown.format(kappa(pred), kappa(sim), kappa(two, "– (no root)"))
+        + f" | {suggestion if suggestion is None else f'{suggestion:.3g}'} | {pct(r.get('range_test_error'))} |"
+    )
+
+
+def context_lines(result: dict) -> list[str]:
+    return [
         "## Summary",
         "",
         *summary_lines(result),
@@ -355,30 +452,12 @@ def write_doc(result: dict) -> None:
         "",
         "| model / mode | context | η_c | bracket | runs | first-order (κ=1) | κ_i | simulated (κ=1) | κ_i | two-point (κ=1) | κ_i | range test | range-test error |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *map(_context_row, result["per_context"]),
     ]
-    for r in result["per_context"]:
-        eta = r.get("eta_c")
-        pred = r.get("eta_c_predicted_kappa1")
-        bracket = f"{r['bracket_low']:.4g}–{r['bracket_high']:.4g}" if r.get("bracket_low") else "–"
-        sim = r.get("eta_c_predicted_sim_kappa1")
-        two = r.get("eta_c_predicted_two_point_kappa1")
-        kappa_two = f"{two / eta:.3f}" if eta and finite(two) else "– (no root)" if eta else "–"
-        shown_two = "–" if two is None or (isinstance(two, float) and math.isnan(two)) else f"{two:.4g}"
 
-        kappa_i = f"{pred / eta:.3f}" if eta and finite(pred) else "–"
-        kappa_sim = f"{sim / eta:.3f}" if eta and finite(sim) else "–"
-        suggestion = r.get("range_test_suggestion")
-        shown_pred = "–" if pred is None else f"{pred:.4g}"
-        shown_sim = "–" if sim is None or (isinstance(sim, float) and math.isnan(sim)) else f"{sim:.4g}"
-        lines.append(
-            f"| {r['sweep']} | {r['context']} | {eta:.4g} | {bracket} | {r['runs_used']} | "
-            f"{shown_pred} | {kappa_i} | {shown_sim} | {kappa_sim} | {shown_two} | {kappa_two} | "
-            f"{suggestion if suggestion is None else f'{suggestion:.3g}'} | {_pct(r.get('range_test_error'))} |"
-            if eta
-            else f"| {r['sweep']} | {r['context']} | – ({r['note'] or 'not finished'}) | {bracket} | {r['runs_used']} | "
-            f"{shown_pred} | – | {shown_sim} | – | {shown_two} | – | – | – |"
-        )
-    lines += [
+
+def kappa_and_blind_lines(result: dict) -> list[str]:
+    lines = [
         "",
         "## κ and its spread",
         "",
@@ -387,28 +466,29 @@ def write_doc(result: dict) -> None:
     ]
     for key, k in result["kappa"].items():
         lines.append(
-            f"| {key} | {k['value']:.4g} | {k['n']} | {_pct(k['cv'])} | {k['log_std']:.3f} | "
-            f"{', '.join(k['models'])} |"
+            f"| {key} | {k['value']:.4g} | {k['n']} | {pct(k['cv'])} | {k['log_std']:.3f} | {', '.join(k['models'])} |"
         )
     lines += ["", "## Blind test", ""]
-    if result["blind"]:
-        lines += [
-            "| mode/optimiser | held-out model | contexts | median abs. error | max abs. error |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {b['key']} | {b['model']} | {b['n']} | {_pct(b['median_abs_error'])} | "
-            f"{_pct(b['max_abs_error'])} |"
-            for b in result["blind"]
-        ]
-    else:
-        lines.append(
+    if not result["blind"]:
+        swept = ", ".join(sorted({r["sweep"] for r in result["per_context"]}))
+        return [
+            *lines,
             "**Not yet measured**: the blind test needs sweeps of at least two models in the same "
-            "mode (calibrate on one, predict the other). The sweeps stored so far cover: "
-            + ", ".join(sorted({r["sweep"] for r in result["per_context"]}))
-            + "."
-        )
-    lines += [
+            f"mode (calibrate on one, predict the other). The sweeps stored so far cover: {swept}.",
+        ]
+    return [
+        *lines,
+        "| mode/optimiser | held-out model | contexts | median abs. error | max abs. error |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {b['key']} | {b['model']} | {b['n']} | {pct(b['median_abs_error'])} | {pct(b['max_abs_error'])} |"
+            for b in result["blind"]
+        ),
+    ]
+
+
+def cost_and_range_lines(result: dict) -> list[str]:
+    lines = [
         "",
         "## Cost",
         "",
@@ -416,9 +496,9 @@ def write_doc(result: dict) -> None:
         "|---|---|---|---|---|",
     ]
     for name, c in result["cost"].items():
-        ratio = f"{c['median_ratio']:.0f}×" if c["median_ratio"] else "–"
-        passes = f"{c['median_sweep_passes']:.0f}" if c["median_sweep_passes"] else "–"
-        lines.append(f"| {name} | {c['contexts']} | {passes} | 3 | {ratio} |")
+        ratio = f"{c['median_ratio']:.0f}×" if c["median_ratio"] else DASH
+        passes = f"{c['median_sweep_passes']:.0f}" if c["median_sweep_passes"] else DASH
+        lines.append(f"| {name} | {c['contexts']} | {passes} | {c['prediction_passes']} | {ratio} |")
     lines += [
         "",
         "A pass is one forward or one backward pass over the context; a run of T steps costs 2T + 1.",
@@ -426,24 +506,38 @@ def write_doc(result: dict) -> None:
         "## Learning-rate range test (the usual baseline)",
         "",
     ]
-    if result["range_test"]:
-        lines += [
-            "| sweep | contexts | median abs. error of the suggestion vs η_c | max |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {name} | {r['n']} | {_pct(r['median_abs_error'])} | {_pct(r['max_abs_error'])} |"
-            for name, r in result["range_test"].items()
-        ]
-        lines += [
-            "",
-            "An exponential LR ramp over 100 steps (1e-8 → 1), suggestion at the steepest smoothed "
-            "loss descent (torch-lr-finder's conventions). It answers a different question (where the "
-            "loss falls fastest), which is why it lands far from η_c.",
-        ]
-    else:
-        lines.append("Not yet measured.")
-    lines += [
+    ranges = result["range_test"]
+    if not ranges:
+        return [*lines, "Not yet measured."]
+    medians = [r["median_abs_error"] for r in ranges.values()]
+    where = (
+        "which is why it lands far from η_c."
+        if min(medians) >= FAR_FROM_ETA_C
+        else f"yet its suggestion lands a median {pct(min(medians))}–{pct(max(medians))} from η_c."
+    )
+    return [
+        *lines,
+        "| sweep | contexts | median abs. error of the suggestion vs η_c | max |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {r['n']} | {pct(r['median_abs_error'])} | {pct(r['max_abs_error'])} |"
+            for name, r in ranges.items()
+        ),
+        "",
+        "An exponential LR ramp over 100 steps (1e-8 → 1), suggestion at the steepest smoothed "
+        "loss descent (torch-lr-finder's conventions). It answers a different question (where the "
+        f"loss falls fastest), {where}",
+    ]
+
+
+def _fraction_words(fraction: float) -> str:
+    return {0.5: "half", 1.0: "all", 0.25: "a quarter"}.get(fraction, f"{fraction:.0%}")
+
+
+def class_table_lines(result: dict) -> list[str]:
+    from phantomlens.classify import LORA_SUFFICIENT_FRACTION
+
+    lines = [
         "",
         "## Architecture classes and LoRA sufficiency",
         "",
@@ -453,37 +547,55 @@ def write_doc(result: dict) -> None:
     for model, c in result["classes"].items():
         lora = result["lora_sufficiency"].get(model)
         measured = (
-            (
-                f"{'sufficient' if lora['sufficient'] else 'not sufficient'} "
-                f"({lora['flipped_below_divergence']}/{lora['contexts']} contexts flip)"
-            )
+            f"{'sufficient' if lora['sufficient'] else 'not sufficient'} "
+            f"({lora['flipped_below_divergence']}/{lora['contexts']} contexts flip)"
             if lora
             else "not swept"
         )
-        right = ("yes" if lora["prediction_right"] else "**no**") if lora else "–"
+        right = ("yes" if lora["prediction_right"] else "**no**") if lora else DASH
         lines.append(
             f"| {model} | {c['mean_overlap']:.3f} | {c['crowding']:.1f} | {c['mean_squared_overlap']:.3f} | "
             f"{c['effective_dimension_fraction']:.3f} | {c['geometry_class']} | "
             f"{'sufficient' if c['lora_sufficient_predicted'] else 'not sufficient'} | {measured} | {right} |"
         )
-    lines += [
+    return [
+        *lines,
         "",
         "LoRA suffices for a context when some LR below the divergence limit flips it within T;",
-        "for a model when it does for at least half of the contexts (`LORA_SUFFICIENT_FRACTION`).",
+        f"for a model when it does for at least {_fraction_words(LORA_SUFFICIENT_FRACTION)} of the contexts "
+        "(`LORA_SUFFICIENT_FRACTION`).",
+    ]
+
+
+def time_lines(result: dict) -> list[str]:
+    seconds = result["compute_seconds"]
+    return [
         "",
         "Running time (the runs' own wall-clock times, summed): sweeps "
-        + device_times(result["compute_seconds"]["sweep_runs"])
+        + device_times(seconds["sweep_runs"], notes=SHARED_CPU)
         + "; range tests "
-        + device_times(result["compute_seconds"]["range_tests"])
+        + device_times(seconds["range_tests"], notes=SHARED_CPU)
         + ". The command is resumable and skips stored runs"
         + (
             "; the sweeps with GPU times ran there (`--device auto` picks CUDA when visible)."
-            if "cuda" in result["compute_seconds"]["sweep_runs"]
+            if "cuda" in seconds["sweep_runs"]
             else "."
         ),
         "",
     ]
-    DOC.write_text("\n".join(lines))
+
+
+def write_doc(result: dict) -> None:
+    """docs/critical-lr.md, from the benchmark JSON alone."""
+    sections = (
+        intro_lines,
+        context_lines,
+        kappa_and_blind_lines,
+        cost_and_range_lines,
+        class_table_lines,
+        time_lines,
+    )
+    DOC.write_text("\n".join(line for section in sections for line in section(result)))
 
 
 def main() -> int:
@@ -503,13 +615,8 @@ def main() -> int:
         if not args.skip_range_test:
             run_range_tests(args.models, args.modes, contexts)
     result = summarize(args.models, args.modes, contexts, time.perf_counter() - started)
-    print(
-        json.dumps(
-            {k: result[k] for k in ("kappa", "blind", "cost", "lora_sufficiency", "range_test")},
-            indent=2,
-            default=str,
-        )[:4000]
-    )
+    summary = {k: result[k] for k in ("kappa", "blind", "cost", "lora_sufficiency", "range_test")}
+    print(json.dumps(summary, indent=2, default=str)[:4000])
     return 0
 
 

@@ -1,8 +1,8 @@
-"""Early stopping at the flip vs loss-plateau stopping (METHOD.md §10).
+"""Early stopping at the flip vs loss-plateau stopping (the rule: docs/runs.md, "Early stopping").
 
-    python benchmarks/early_stop.py                                   # both models, both modes
-    python benchmarks/early_stop.py --models smollm2-135m --modes lora
-    python benchmarks/early_stop.py --doc-only                        # summarise stored runs
+    python -m benchmarks.early_stop                                   # both models, both modes
+    python -m benchmarks.early_stop --models smollm2-135m --modes lora
+    python -m benchmarks.early_stop --doc-only                        # summarise stored runs
 
 Each (model, mode, context) is trained once for the full budget T at a typical fine-tuning LR
 (full 1e-5, LoRA 1e-3: common defaults for a single-example fine-tune; ``--lr-full``/``--lr-lora``)
@@ -11,10 +11,10 @@ to the same trajectory, so "what if we had stopped there" is known exactly, incl
 flip held for the rest of the budget:
 
   flip rule      stop after step t, the first t at which margin ≥ m_safe held for `patience`
-                 consecutive steps (phantomlens's StopRule defaults);
+                 consecutive steps (``StopRule.first_secure_step``: the rule the Probe applies);
   loss plateau   stop after step t, the first t at which the loss had not improved on its best by
-                 more than min_delta for `patience` consecutive steps (the semantics of Keras and
-                 Hugging Face EarlyStopping callbacks, here on the training loss).
+                 more than min_delta for `patience` consecutive steps (``probe.loss_plateau_step``:
+                 the semantics of Keras and Hugging Face EarlyStopping callbacks, on the training loss).
 
 Writes benchmarks/results/early_stop.json.
 """
@@ -29,7 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from compute_time import add_seconds, device_times
+from phantomlens.probe import loss_plateau_step
+from phantomlens.results import find_run_dirs, load_run_dir, load_run_summary
+from phantomlens.settings import StopRule
+from tools.fmt import DASH, SHARED_CPU, add_seconds, device_times, pct
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -38,35 +41,12 @@ LRS = {"full": 1e-5, "lora": 1e-3}  # a typical fine-tuning LR per mode (single-
 MIN_DELTA = 1e-3  # loss-plateau stopping's min_delta
 
 
-def flip_stop(margins: list[float], margin_safe: float, patience: int) -> int | None:
-    """Index t of the readout after which the flip rule stops (None: never)."""
-    streak = 0
-    for t, margin in enumerate(margins):
-        streak = streak + 1 if margin >= margin_safe else 0
-        if streak >= patience:
-            return t
-    return None
-
-
-def plateau_stop(losses: list[float], min_delta: float, patience: int) -> int | None:
-    """Index t after which loss-plateau stopping stops (None: never)."""
-    best, wait = float("inf"), 0
-    for t, loss in enumerate(losses):
-        if loss < best - min_delta:
-            best, wait = loss, 0
-        else:
-            wait += 1
-            if wait >= patience:
-                return t
-    return None
-
-
 def evaluate(trajectory, steps: int, margin_safe: float, patience: int, min_delta: float) -> dict:
+    """Where each rule stops a recorded run, and whether the flip then held."""
     rows = trajectory[trajectory["step"] < steps]  # readouts before each update
-    margins, losses = rows["margin"].tolist(), rows["loss"].tolist()
     after = trajectory["margin"].tolist()  # row t + 1 is the state after update t
-    flip_t = flip_stop(margins, margin_safe, patience)
-    plateau_t = plateau_stop(losses, min_delta, patience)
+    flip_t = StopRule(margin_safe=margin_safe, patience=patience).first_secure_step(rows["margin"].tolist())
+    plateau_t = loss_plateau_step(rows["loss"].tolist(), min_delta, patience)
     flip_steps = steps if flip_t is None else flip_t + 1
     plateau_steps = steps if plateau_t is None else plateau_t + 1
     return {
@@ -112,11 +92,8 @@ def run_all(models, modes, contexts, lrs, device: str = "auto") -> None:
             )
 
 
-def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
-    import pandas as pd
-
-    from phantomlens.atomic import write_json_atomic
-
+def per_run_results(models, modes, contexts, rule: dict) -> list[dict]:
+    """Both rules applied to every stored run (a diverged run only says so)."""
     per_run = []
     for model in models:
         for mode in modes:
@@ -124,26 +101,17 @@ def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
                 directory = RUNS / f"{model}-{mode}" / context
                 if not (directory / "summary.json").is_file():
                     continue
-                summary = json.loads((directory / "summary.json").read_text())
-                trajectory = pd.read_parquet(directory / "trajectory.parquet")
-                steps = summary["config"]["steps"]
-                if summary["status"] != "completed":
-                    per_run.append(
-                        {"model": model, "mode": mode, "context": context, "status": summary["status"]}
-                    )
-                    continue
-                per_run.append(
-                    {
-                        "model": model,
-                        "mode": mode,
-                        "context": context,
-                        "status": "completed",
-                        "lr": summary["config"]["lr"],
-                        "outcome": summary["outcome"],
-                        **evaluate(trajectory, steps, **rule),
-                    }
-                )
-    frame = pd.DataFrame(per_run)
+                summary, trajectory, _ = load_run_dir(directory, events=False)
+                entry = {"model": model, "mode": mode, "context": context, "status": summary.status}
+                if summary.status == "completed":
+                    entry.update(lr=summary.config["lr"], outcome=summary.outcome)
+                    entry.update(evaluate(trajectory, summary.config["steps"], **rule))
+                per_run.append(entry)
+    return per_run
+
+
+def group_results(frame) -> dict:
+    """Per model and mode: how often the flip rule fired, what it saved, and any flip it lost."""
     groups = {}
     for (model, mode), group in frame[frame["status"] == "completed"].groupby(["model", "mode"]):
         flipped = group[group["flip_rule_triggered"]]
@@ -158,16 +126,30 @@ def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
             "lost_flip_at_stop": flipped[~flipped["flip_retained_at_stop"]]["context"].tolist(),
             "lost_flip_later": flipped[~flipped["flip_retained_to_end"]]["context"].tolist(),
         }
-    all_savings = frame.loc[
-        frame.get("flip_rule_triggered", pd.Series(dtype=bool)).fillna(False).astype(bool), "saving"
-    ]
+    return groups
+
+
+def compute_seconds() -> dict[str, float]:
+    """The stored runs' own wall-clock times, per device."""
     seconds: dict[str, float] = {}
-    for path in RUNS.glob("*/*/summary.json"):
-        summary = json.loads(path.read_text())
-        add_seconds(seconds, summary.get("device"), summary["wall_time_s"])
+    for directory in find_run_dirs(RUNS):
+        summary = load_run_summary(directory)
+        add_seconds(seconds, summary.device, summary.wall_time_s)
+    return seconds
+
+
+def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
+    import pandas as pd
+
+    from phantomlens.atomic import write_json_atomic
+
+    per_run = per_run_results(models, modes, contexts, rule)
+    frame = pd.DataFrame(per_run)
+    triggered = frame.get("flip_rule_triggered", pd.Series(dtype=bool)).fillna(False).astype(bool)
+    all_savings = frame.loc[triggered, "saving"]
     result = {
-        "command": "python benchmarks/early_stop.py " + " ".join(sys.argv[1:]),
-        "compute_seconds": seconds,
+        "command": "python -m benchmarks.early_stop " + " ".join(sys.argv[1:]),
+        "compute_seconds": compute_seconds(),
         "rule": rule,
         "lrs": lrs,
         "models": models,
@@ -180,7 +162,7 @@ def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
             "median_saving": float(all_savings.median()) if len(all_savings) else None,
             "quartiles": statistics.quantiles(all_savings.tolist(), n=4) if len(all_savings) >= 2 else None,
         },
-        "groups": groups,
+        "groups": group_results(frame),
         "per_run": per_run,
     }
     write_json_atomic(RESULTS / "early_stop.json", result)
@@ -191,13 +173,13 @@ def summarize(models, modes, contexts, lrs, rule: dict, elapsed: float) -> dict:
 EXAMPLES = """## Copy-paste: Hugging Face `Trainer`
 
 ```python
-from phantomlens import PhantomCallback
+from phantomlens import PhantomCallback, StopRule
 
 trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
 callback = PhantomCallback.attach(trainer, [
     ("She felt a deep sense of", " shame", " guilt"),     # (text, target, competitor)
     "chilly",                                            # or a built-in context name
-], margin_safe=1.0, patience=3)
+], rule=StopRule(margin_safe=1.0, patience=3))
 trainer.train()                 # stops when every context's flip is secure
 print(callback.stop_reason)
 ```
@@ -230,26 +212,34 @@ an instrumented run, reusing the training logits (no extra forward pass).
 """
 
 
-def _pct(value) -> str:
-    return "–" if value is None else f"{value:.0%}"
-
-
-def write_doc(result: dict) -> None:
+def _rule_lines(result: dict) -> list[str]:
     rule = result["rule"]
-    overall = result["overall"]
-    lines = [
+    defaults = StopRule()
+    source = (
+        " (`StopRule` defaults)"
+        if (rule["margin_safe"], rule["patience"]) == (defaults.margin_safe, defaults.patience)
+        else ""
+    )
+    return [
         "# Early stopping at the flip",
         "",
-        "*The results below are generated by `python benchmarks/early_stop.py` from "
+        "*The results below are generated by `python -m benchmarks.early_stop` from "
         "`benchmarks/results/early_stop.json`; the runs are stored under `benchmarks/results/early_stop/`.*",
         "",
         "**[explainer]** The flip happens before the loss stops improving, so training can stop sooner.",
-        f"The rule (METHOD.md §10): stop at the first step where every watched context has margin ≥ "
-        f"{rule['margin_safe']} logit for {rule['patience']} consecutive steps (`StopRule` defaults). The baseline: "
+        f"The rule ([runs.md](runs.md#early-stopping)): stop at the first step where every watched context has margin ≥ "
+        f"{rule['margin_safe']} logit for {rule['patience']} consecutive steps{source}. The baseline: "
         f"stop when the training loss has not improved on its best by more than {rule['min_delta']} for "
         f"{rule['patience']} steps (the semantics of the Keras and Hugging Face EarlyStopping callbacks).",
         "",
-        EXAMPLES,
+    ]
+
+
+def _overall_lines(result: dict) -> list[str]:
+    overall = result["overall"]
+    quartiles = overall["quartiles"]
+    spread = f" (quartiles {pct(quartiles[0], 0)} – {pct(quartiles[2], 0)})" if quartiles else ""
+    return [
         "## Benchmark",
         "",
         f"LRs: full {result['lrs']['full']:g}, LoRA {result['lrs']['lora']:g}; T = 50, cosine, AdamW. Each run "
@@ -257,25 +247,28 @@ def write_doc(result: dict) -> None:
         "would have stopped at, and whether the flip then held to the end, are exact.",
         "",
         f"Overall: {overall['runs']} runs, the flip rule fired in {overall['flip_rule_triggered']}; "
-        f"median saving {_pct(overall['median_saving'])}"
-        + (
-            f" (quartiles {_pct(overall['quartiles'][0])} – {_pct(overall['quartiles'][2])})"
-            if overall["quartiles"]
-            else ""
-        )
-        + ". Saving = 1 − (steps under the flip rule) / (steps under loss-plateau stopping).",
+        f"median saving {pct(overall['median_saving'], 0)}{spread}. "
+        "Saving = 1 − (steps under the flip rule) / (steps under loss-plateau stopping).",
         "",
         "| model / mode | contexts | flip rule fired | median saving | quartiles | median steps: flip / plateau | flip lost at stop | flip lost later |",
         "|---|---|---|---|---|---|---|---|",
     ]
+
+
+def _group_lines(result: dict) -> list[str]:
+    lines = []
     for name, g in result["groups"].items():
-        quart = f"{_pct(g['quartiles'][0])} – {_pct(g['quartiles'][2])}" if g["quartiles"] else "–"
+        quart = f"{pct(g['quartiles'][0], 0)} – {pct(g['quartiles'][2], 0)}" if g["quartiles"] else DASH
         lines.append(
-            f"| {name} | {g['contexts']} | {g['flip_rule_triggered']} | {_pct(g['median_saving'])} | {quart} | "
+            f"| {name} | {g['contexts']} | {g['flip_rule_triggered']} | {pct(g['median_saving'], 0)} | {quart} | "
             f"{g['median_flip_stop_steps']} / {g['median_plateau_stop_steps']} | "
             f"{', '.join(g['lost_flip_at_stop']) or 'none'} | {', '.join(g['lost_flip_later']) or 'none'} |"
         )
-    lines += [
+    return lines
+
+
+def _run_lines(result: dict) -> list[str]:
+    lines = [
         "",
         "Per run:",
         "",
@@ -288,24 +281,34 @@ def write_doc(result: dict) -> None:
                 f"| {r['model']} | {r['mode']} | {r['context']} | {r['status']} | – | – | – | – | – |"
             )
             continue
+        fired = r["flip_rule_triggered"]
         lines.append(
             f"| {r['model']} | {r['mode']} | {r['context']} | {r['outcome']} | "
-            f"{r['flip_stop_steps'] if r['flip_rule_triggered'] else 'never'} | {r['plateau_stop_steps']} | "
-            f"{_pct(r['saving']) if r['flip_rule_triggered'] else '–'} | "
+            f"{r['flip_stop_steps'] if fired else 'never'} | {r['plateau_stop_steps']} | "
+            f"{pct(r['saving'], 0) if fired else DASH} | "
             f"{'yes' if r['flip_retained_at_stop'] else 'NO'} | {'yes' if r['flip_retained_to_end'] else 'NO'} |"
         )
+    return lines
+
+
+def write_doc(result: dict) -> None:
+    lines = [
+        *_rule_lines(result),
+        EXAMPLES,
+        *_overall_lines(result),
+        *_group_lines(result),
+        *_run_lines(result),
+    ]
+    groups = result["groups"]
     missing = [
-        f"{m}/{mode}"
-        for m in result["models"]
-        for mode in result["modes"]
-        if f"{m}/{mode}" not in result["groups"]
+        f"{m}/{mode}" for m in result["models"] for mode in result["modes"] if f"{m}/{mode}" not in groups
     ]
     if missing:
         lines += ["", f"Not yet measured: {', '.join(missing)}."]
     lines += [
         "",
         "Running time of the training runs (their wall-clock times summed): "
-        + device_times(result["compute_seconds"])
+        + device_times(result["compute_seconds"], notes=SHARED_CPU)
         + ". The command is resumable and skips stored runs; `--device` picks where they run.",
         "",
     ]
@@ -314,7 +317,7 @@ def write_doc(result: dict) -> None:
 
 def main() -> int:
     from phantomlens.contexts import builtin_contexts
-    from phantomlens.probe import StopRule
+    from phantomlens.settings import StopRule
 
     defaults = StopRule()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

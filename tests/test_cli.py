@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_tiny, tiny_pair
+from tiny_models import make_tiny, tiny_pair
 
 from phantomlens.cli import main
 
@@ -85,7 +85,43 @@ def test_run_prints_a_readable_summary(tiny_dir, tmp_path, capsys):
         tmp_path / "r",
     )
     assert code == 0
-    assert "margin" in stdout and "flip" in stdout and "embedding" in stdout
+    stored = json.loads((tmp_path / "r" / "summary.json").read_text())
+    lines = {}
+    for line in stdout.splitlines():
+        key, _, rest = line.partition(" ")
+        lines.setdefault(key, rest.strip())
+    # The table: each printed number is the stored one, rounded at the precision printed.
+    table = {
+        "loss": ("loss_initial", "loss_final"),
+        "margin": ("margin_initial", "margin_final"),
+        "Φ": ("phi_initial", "phi_final"),
+        "p(target)": (None, "p_target_final"),
+        "p(competitor)": (None, "p_competitor_final"),
+    }
+    for quantity, fields in table.items():
+        printed = lines[quantity].split()
+        assert len(printed) == len([f for f in fields if f]), (quantity, printed)
+        for text, field in zip(printed, [f for f in fields if f]):
+            assert same_at_printed_precision(text, stored[field]), (quantity, field, text, stored[field])
+    # This run flips (lr 0.01 on the tiny Llama), so the flip line has a step to report.
+    assert stored["status"] == "completed" and stored["flipped"] and stored["flipped_at_end"]
+    assert lines["status"].startswith(f"{stored['status']} ({stored['steps_completed']} steps, ")
+    assert lines["outcome"] == stored["outcome"]
+    assert lines["flip"] == f"target overtook competitor at step {stored['flip_step']}, and holds at the end"
+    jumps, phantoms = stored["n_jumps"], stored["n_phantom_jumps"]
+    assert lines["jumps"] == f"{jumps} catapult-like jumps in Φ, {phantoms} phantoms"
+    start, end = stored["embedding_sha256_start"][:12], stored["embedding_sha256_end"][:12]
+    same = "bit-identical" if stored["embeddings_unchanged"] else "changed"
+    assert lines["embedding"] == f"{same} (sha256 {start}… → {end}…)"
+
+
+def same_at_printed_precision(text: str, value: float) -> bool:
+    """``text`` is ``value`` rounded to the digits ``text`` shows (half a unit in its last place)."""
+    from decimal import Decimal
+
+    printed = Decimal(text)
+    half_unit = Decimal(5) * Decimal(10) ** (printed.as_tuple().exponent - 1)
+    return abs(printed - Decimal(value)) <= half_unit * (1 + Decimal("1e-9"))
 
 
 BAD_INPUTS = [
@@ -94,7 +130,7 @@ BAD_INPUTS = [
     (["--context", "  ", "--target", " shame", "--competitor", " guilt"], "context is empty"),
     (["--target", " shame", "--competitor", " guilt", "--mode", "qlora"], "invalid choice"),
     (["--target", " shame", "--competitor", " guilt", "--lr", "0"], "positive finite"),
-    (["--target", " shame", "--competitor", " guilt", "--lr", "abc"], "invalid float"),
+    (["--target", " shame", "--competitor", " guilt", "--lr", "abc"], "a number is needed"),
     (["--target", " shame", "--competitor", " guilt", "--steps", "0"], "at least 1"),
 ]
 

@@ -43,7 +43,7 @@ def test_cuda_run_matches_cpu(llama, mode):
     settings = dict(context="shame", mode=mode, steps=8, lr=3e-2 if mode == "lora" else 3e-3)
     on_cpu = finetune(model=copy.deepcopy(model), tokenizer=tokenizer, progress=False, **settings)
     on_gpu = finetune(model=copy.deepcopy(model).cuda(), tokenizer=tokenizer, progress=False, **settings)
-    assert on_gpu.summary["device"].startswith("cuda") and on_cpu.summary["device"] == "cpu"
+    assert on_gpu.summary.device.startswith("cuda") and on_cpu.summary.device == "cpu"
     for column in ("margin", "phi", "signal", "drag", "loss", "purity"):
         a, b = on_cpu.trajectory[column].to_numpy(), on_gpu.trajectory[column].to_numpy()
         assert abs(a - b).max() < 1e-3 * (1 + abs(a).max()), column
@@ -88,7 +88,7 @@ def test_records_name_the_model_that_ran(llama, tiny_dir):
         steps=1,
         progress=False,
     )
-    assert result.summary["config"]["model"] == str(tiny_dir)
+    assert result.summary.config["model"] == str(tiny_dir)
 
 
 def test_stored_gpu_run_matches_the_cpu_run():

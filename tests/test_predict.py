@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tiny, tiny_pair
+from tiny_models import make_tiny, tiny_pair
 
 from phantomlens.calibrate import blind_test, calibrate, load_sweeps
 from phantomlens.classify import CROWDING_BOUNDARY, classify_geometry
@@ -194,7 +194,8 @@ def test_simulated_variant_reduces_to_first_order_over_one_step():
 
 def test_simulated_margin_path_tracks_a_real_run_better_than_the_linear_path():
     from phantomlens.predict import simulate_margins, step_zero
-    from phantomlens.train import RunConfig, prepare_model, resolve_run_context
+    from phantomlens.session import prepare_model, resolve_run_context
+    from phantomlens.settings import RunConfig
 
     model, tokenizer, ctx = setup()
     lr, steps = 1e-2, 15

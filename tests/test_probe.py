@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tiny, tiny_pair, tiny_tokenizer
+from tiny_models import make_tiny, tiny_pair, tiny_tokenizer
 from transformers import (
     AutoModelForCausalLM,
     Trainer,
@@ -49,7 +49,7 @@ class Recorder(TrainerCallback):
 
 
 def dropout_model(seed=0):
-    from conftest import tiny_config
+    from tiny_models import tiny_config
 
     config = tiny_config("llama", len(tiny_tokenizer()))
     config.attention_dropout = 0.2  # so that any stray use of the RNG would change training
@@ -117,9 +117,9 @@ def test_runner_early_stop():
         progress=False,
     )
     s, t = result.summary, result.trajectory
-    assert s["stopped_early"] and s["steps_completed"] < 40 and "flip secure" in s["stop_reason"]
+    assert s.stopped_early and s.steps_completed < 40 and "flip secure" in s.stop_reason
     assert (t["margin"].iloc[-3:-1] >= 0.5).all()  # the two secure steps before stopping
-    assert s["outcome"] == "success"
+    assert s.outcome == "success"
 
 
 def test_callback_stops_logs_through_the_trainer_and_works_with_peft(tmp_path):
@@ -131,7 +131,7 @@ def test_callback_stops_logs_through_the_trainer_and_works_with_peft(tmp_path):
         if peft:
             model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
         trainer = trainer_for(model, tokenizer, target, tmp_path / f"run{peft}", lr=3e-2 if peft else 5e-3)
-        callback = PhantomCallback.attach(trainer, ["shame"], margin_safe=0.5, patience=2)
+        callback = PhantomCallback.attach(trainer, ["shame"], rule=StopRule(margin_safe=0.5, patience=2))
         trainer.train()
         assert trainer.state.global_step < 30, "the flip should have stopped training"
         assert "flip secure" in callback.stop_reason
@@ -146,11 +146,13 @@ def test_callback_resumes_its_counter_from_a_checkpoint(tmp_path):
     target, _ = tiny_pair(model, tokenizer, TEXT)
     out = tmp_path / "ckpt"
     first = trainer_for(model, tokenizer, target, out, max_steps=6, save_strategy="steps", save_steps=6)
-    PhantomCallback.attach(first, ["shame"], margin_safe=-1e9, patience=100)  # secure at once, never stops
+    PhantomCallback.attach(
+        first, ["shame"], rule=StopRule(margin_safe=-1e9, patience=100)
+    )  # secure at once, never stops
     first.train()
     model, _ = make_tiny("llama")
     second = trainer_for(model, tokenizer, target, out, max_steps=8)
-    callback = PhantomCallback.attach(second, ["shame"], margin_safe=-1e9, patience=100)
+    callback = PhantomCallback.attach(second, ["shame"], rule=StopRule(margin_safe=-1e9, patience=100))
     second.train(resume_from_checkpoint=str(out / "checkpoint-6"))
     assert callback.probe.secure_steps == 8  # 6 before the checkpoint + 2 after, not 2
 
@@ -163,7 +165,9 @@ def test_probe_never_changes_training(tmp_path):
         target = " shame"
         trainer = trainer_for(model, tokenizer, target, tmp_path / f"p{with_probe}", max_steps=8)
         if with_probe:
-            PhantomCallback.attach(trainer, ["shame"], margin_safe=1e9, patience=1)  # never stops
+            PhantomCallback.attach(
+                trainer, ["shame"], rule=StopRule(margin_safe=1e9, patience=1)
+            )  # never stops
         trainer.train()
         return {k: v.clone() for k, v in model.state_dict().items()}
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+import textwrap
 
 import pytest
-from conftest import make_tiny, tiny_pair
+from tiny_models import make_tiny, tiny_pair
 
 from phantomlens.cli import main
 from phantomlens.report import build_report, write_report
@@ -99,3 +101,53 @@ def test_lora_run_summary_says_embeddings_frozen(two_runs):
     events = json.loads((two_runs[0] / "events.json").read_text())
     frozen = events["frozen_geometry"]
     assert frozen["embeddings_unchanged"] and frozen["geometric_and_cross_exactly_zero"]
+
+
+def test_figures_are_pyplot_free_figure_objects(two_runs, tmp_path):
+    from matplotlib.figure import Figure
+
+    from phantomlens.plot import figure_png, plot_margin, trajectory_figure
+    from phantomlens.report import load_runs, overlay_figure
+    from phantomlens.rundir import RunResult
+
+    run = RunResult.load(two_runs[0])
+    summary, trajectory = run.summary.to_dict(), run.trajectory
+    fig = trajectory_figure(trajectory, summary, [{"step_from": 1, "step": 2}])
+    assert isinstance(fig, Figure) and len(fig.axes) == 7  # six panels and the purity twin axis
+    assert figure_png(fig)[:4] == b"\x89PNG"
+    ax = plot_margin(trajectory, flip_step=3)
+    assert isinstance(ax.figure, Figure) and ax.get_lines()
+    assert figure_png(ax.figure)[:4] == b"\x89PNG"
+    assert isinstance(overlay_figure(load_runs(two_runs)), Figure)
+    assert (two_runs[0] / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_and_report_leave_the_matplotlib_backend_alone(two_runs, tmp_path):
+    # A notebook's backend must survive phantomlens drawing: no matplotlib.use, no pyplot.
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import matplotlib
+        matplotlib.use("svg")
+        from phantomlens.plot import plot_trajectory
+        from phantomlens.report import write_report
+        from phantomlens.rundir import RunResult
+        run = RunResult.load({str(two_runs[0])!r})
+        summary, trajectory = run.summary.to_dict(), run.trajectory
+        plot_trajectory(trajectory, summary, {str(tmp_path / "t.png")!r})
+        write_report({[str(d) for d in two_runs]!r}, {str(tmp_path / "r.html")!r})
+        assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+        assert "matplotlib.pyplot" not in sys.modules
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "r.html").is_file()
+
+
+def test_report_module_leaves_the_backend_alone_in_process(two_runs):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    build_report(two_runs)
+    assert matplotlib.get_backend() == before

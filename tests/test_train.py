@@ -9,10 +9,12 @@ import math
 import pandas as pd
 import pytest
 import torch
-from conftest import make_tiny, tiny_pair
+from tiny_models import make_tiny, tiny_pair
 
 from phantomlens.errors import PhantomLensError
-from phantomlens.train import RunConfig, embedding_sha256, finetune, schedule_factors
+from phantomlens.session import embedding_sha256, schedule_factors
+from phantomlens.settings import RunConfig
+from phantomlens.train import finetune
 
 TEXT = "She felt a deep sense of"
 
@@ -68,22 +70,22 @@ def test_full_run_records_every_step(arch):
     decomposed = t["readout_1"] + t["geometric_1"] + t["cross_1"]
     assert (t["dphi_1"] - decomposed).abs().max() < 1e-12
     assert t["loss"].iloc[-1] < t["loss"].iloc[0]
-    assert result.summary["status"] == "completed"
+    assert result.summary.status == "completed"
     # Full fine-tuning moves the (tied or untied) output embedding.
-    assert not result.summary["embeddings_unchanged"]
+    assert not result.summary.embeddings_unchanged
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt"])
 def test_lora_keeps_embeddings_bit_identical(arch):
     result, model = run_tiny(arch, mode="lora", lr=5e-2)
     s = result.summary
-    assert s["embeddings_unchanged"] and s["embedding_sha256_start"] == s["embedding_sha256_end"]
-    assert embedding_sha256(model) == s["embedding_sha256_start"]
+    assert s.embeddings_unchanged and s.embedding_sha256_start == s.embedding_sha256_end
+    assert embedding_sha256(model) == s.embedding_sha256_start
     t = result.trajectory.iloc[1:]
     # Same geometry at every step, so the geometric and cross parts vanish exactly, not nearly.
     assert (t["geometric_1"] == 0).all() and (t["cross_1"] == 0).all()
     assert (t["disp_target"] == 0).all() and (t["overlap_tc"] == t["overlap_tc"].iloc[0]).all()
-    assert s["trainable_parameters"] < 10_000
+    assert s.trainable_parameters < 10_000
     assert t["margin"].iloc[-1] != result.trajectory["margin"].iloc[0]
 
 
@@ -100,9 +102,9 @@ def test_sgd_constant_schedule_and_seed_are_applied():
 def test_huge_learning_rate_diverges_cleanly(tmp_path):
     result, _ = run_tiny(lr=1e9, steps=20, optimizer="sgd", schedule="constant", out=tmp_path / "run")
     s = result.summary
-    assert s["status"] == "diverged" and s["diverged_step"] is not None
-    assert s["status_reason"]
-    assert not s["flipped_at_end"]
+    assert s.status == "diverged" and s.diverged_step is not None
+    assert s.status_reason
+    assert not s.flipped_at_end
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["status"] == "diverged"
     assert math.isfinite(saved["loss_final"])  # the last finite readout, not NaN
@@ -136,7 +138,8 @@ def test_run_directory_contents(tmp_path):
     table = pd.read_parquet(out / "trajectory.parquet")
     pd.testing.assert_frame_equal(table, result.trajectory)
     config = json.loads((out / "config.json").read_text())
-    assert RunConfig.from_dict({k: v for k, v in config.items() if k != "context_resolved"})
+    stored = RunConfig.from_dict({k: v for k, v in config.items() if k != "context_resolved"})
+    assert stored == RunConfig.from_dict(result.summary.config) and stored.lr is not None
     assert (out / "trajectory.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(PhantomLensError, match="already exists"):
@@ -159,7 +162,7 @@ def test_failed_run_leaves_no_directory(tmp_path):
 
 
 def test_config_json_round_trip():
-    config = RunConfig(lr=3e-4, mode="lora", lora_target_modules=["q_proj"], center=True)
+    config = RunConfig(lr=3e-4, mode="lora", lora_target_modules=["q_proj"], readout={"center": True})
     assert RunConfig.from_json(config.to_json()) == config
     with pytest.raises(PhantomLensError, match="unknown RunConfig keys"):
         RunConfig.from_dict({"nope": 1})
@@ -203,7 +206,7 @@ def test_peft_wrapped_model_is_accepted_for_lora_and_refused_for_full():
         lr=1e-2,
         progress=False,
     )
-    assert result.summary["embeddings_unchanged"]
+    assert result.summary.embeddings_unchanged
     with pytest.raises(PhantomLensError, match="PEFT-wrapped"):
         finetune(
             model=wrapped,

@@ -162,7 +162,7 @@ def test_frozen_geometry_is_checked_from_the_hashes():
 
 
 def test_geometry_speed_is_judged_per_unit_learning_rate():
-    from phantomlens.train import schedule_factors
+    from phantomlens.session import schedule_factors
 
     t = synthetic(velocity=2.0, margin0=-9.0, steps=30)  # the jump lands near the LR peak
     lrs = np.array([*schedule_factors(30, "cosine", 0.1), math.nan]) * 1e-3

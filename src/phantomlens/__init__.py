@@ -2,21 +2,60 @@
 
 The formulas are this project's own definitions built on the abstract of Prakash & Dontabhaktuni,
 "Phantom transitions in language model fine-tuning" (arXiv 2606.07559); see docs/method.md.
+
+The public names are resolved on first use (PEP 562): ``import phantomlens`` loads no torch,
+transformers, peft or pandas, so the command line and notebooks start fast; the module that
+defines a name is imported when the name is first read.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from phantomlens.classify import classify_geometry
-from phantomlens.contexts import Context, builtin_contexts
-from phantomlens.errors import PhantomLensError
-from phantomlens.models import load_model
-from phantomlens.predict import predict_critical_lr
-from phantomlens.probe import PhantomCallback, Probe, StopRule
-from phantomlens.readout import Readout, measure
-from phantomlens.sweep import SweepConfig, sweep
-from phantomlens.train import RunConfig, RunResult, finetune
-from phantomlens.transitions import AnalysisConfig, analyze
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
+from phantomlens.version import __version__
+
+if TYPE_CHECKING:
+    from phantomlens.classify import classify_geometry
+    from phantomlens.contexts import Context, builtin_contexts
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.models import load_model
+    from phantomlens.predict import predict_critical_lr
+    from phantomlens.probe import PhantomCallback, Probe
+    from phantomlens.readout import Readout, measure
+    from phantomlens.rundir import RunResult
+    from phantomlens.settings import AnalysisConfig, RunConfig, StopRule, SweepConfig
+    from phantomlens.sweep import sweep
+    from phantomlens.train import finetune
+    from phantomlens.transitions import analyze
+
+#: Public name → the module that defines it. Moving a name to another module is a one-line change
+#: here (and its line in the TYPE_CHECKING block above, for type checkers).
+_EXPORTS: dict[str, str] = {
+    "AnalysisConfig": "phantomlens.settings",
+    "Context": "phantomlens.contexts",
+    "PhantomCallback": "phantomlens.probe",
+    "PhantomLensError": "phantomlens.errors",
+    "Probe": "phantomlens.probe",
+    "Readout": "phantomlens.readout",
+    "RunConfig": "phantomlens.settings",
+    "RunResult": "phantomlens.rundir",
+    "StopRule": "phantomlens.settings",
+    "SweepConfig": "phantomlens.settings",
+    "analyze": "phantomlens.transitions",
+    "builtin_contexts": "phantomlens.contexts",
+    "classify_geometry": "phantomlens.classify",
+    "finetune": "phantomlens.train",
+    "load_model": "phantomlens.models",
+    "measure": "phantomlens.readout",
+    "predict_critical_lr": "phantomlens.predict",
+    "sweep": "phantomlens.sweep",
+}
+
+# Spelled out (not computed from _EXPORTS) so that type checkers and linters see the re-exports;
+# tests/test_layering.py checks that it, _EXPORTS and the TYPE_CHECKING block agree.
 __all__ = [
     "AnalysisConfig",
     "Context",
@@ -38,3 +77,32 @@ __all__ = [
     "predict_critical_lr",
     "sweep",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'phantomlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later reads skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """The package module, guarding exports that share their name with a submodule (``sweep``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Loading ``phantomlens.sweep`` makes the import system bind the submodule to the package's
+        # ``sweep`` attribute, which would hide the exported function for the rest of the process
+        # (``from phantomlens import sweep`` would then return the module). Bind the export instead,
+        # as the eager ``from phantomlens.sweep import sweep`` of earlier versions did.
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

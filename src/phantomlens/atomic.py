@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from phantomlens.errors import PhantomLensError
+
 
 def _umask() -> int:
     current = os.umask(0)
@@ -58,15 +60,12 @@ def staged_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
     absent, the previous complete result, or the new complete result, never a half-written one.
     """
     final = Path(final)
-    if final.exists() and not overwrite and any(final.iterdir()):
-        from phantomlens.errors import PhantomLensError
-
-        raise PhantomLensError(
-            f"output directory {final} already exists and is not empty; "
-            "choose another --out or pass --overwrite"
-        )
+    check_output_dir(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    remove_stale_staging(final)
+    # The owner's PID is in the name, so a later write can tell a killed writer's debris from a
+    # live writer's folder.
+    staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-{os.getpid()}-"))
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_umask())
@@ -74,12 +73,40 @@ def staged_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if final.exists():
-        trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-{os.getpid()}-"))
         os.replace(final, trash / "old")
         os.replace(staging, final)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, final)
+
+
+def remove_stale_staging(final: Path) -> list[Path]:
+    """Remove the hidden staging folders of ``final`` left by writers that no longer run.
+
+    A ``kill -9`` between filling a staging folder and renaming it leaves ``.NAME.partial-PID-*``;
+    the next write of the same result removes it (folders of a live PID are left alone).
+    """
+    removed = []
+    for kind in ("partial", "old"):
+        for path in Path(final).parent.glob(f".{Path(final).name}.{kind}-*"):
+            pid = path.name.removeprefix(f".{Path(final).name}.{kind}-").split("-")[0]
+            if path.is_dir() and (not pid.isdigit() or not _alive(int(pid))):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -94,12 +121,46 @@ def read_json(path: Path, what: str, remedy: str = "") -> Any:
     """Parse a JSON file, or a one-line error naming what it was and what to do."""
     path = Path(path)
     if not path.is_file():
-        from phantomlens.errors import PhantomLensError
-
         raise PhantomLensError(f"{what} {path} does not exist" + (f"; {remedy}" if remedy else ""))
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
-        from phantomlens.errors import PhantomLensError
-
         raise PhantomLensError(f"{what} {path} is not valid JSON ({exc})") from None
+
+
+def check_output_dir(final: Path, overwrite: bool = False) -> None:
+    """Fail now, in one line, if ``final`` could not be written as a result directory later.
+
+    Called before any training, so a run never spends its time only to find its output unwritable.
+    """
+    from phantomlens.errors import PhantomLensError
+
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise PhantomLensError(f"output {final} exists and is a file, not a directory; choose another --out")
+    if final.is_dir() and not overwrite and any(final.iterdir()):
+        raise PhantomLensError(
+            f"output directory {final} already exists and is not empty; "
+            "choose another --out or pass --overwrite"
+        )
+    _check_parent_writable(final)
+
+
+def check_output_file(path: Path) -> None:
+    """Fail now, in one line, if a result file could not be written at ``path`` later."""
+    path = Path(path)
+    if path.is_dir():
+        raise PhantomLensError(f"output {path} is a directory; give a file name (--out)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PhantomLensError(f"cannot overwrite {path} (permission denied); choose another --out")
+    _check_parent_writable(path)
+
+
+def _check_parent_writable(path: Path) -> None:
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise PhantomLensError(f"output {path} lies under {parent}, which is a file; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PhantomLensError(f"cannot write under {parent} (permission denied); choose another --out")

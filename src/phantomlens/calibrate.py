@@ -1,4 +1,4 @@
-"""Fitting κ on sweeps, its spread, and the blind test (METHOD.md §9).
+"""Fitting κ on sweeps, its spread, and the blind test (docs/critical-lr.md, 'κ and its spread').
 
 A sweep stores, per context, the measured η_c and the κ = 1 predictions η̂₁ of both variants
 (first-order −m_0/(A·Σs), and simulated). The κ that would make a context exact is
@@ -12,21 +12,25 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from phantomlens.errors import PhantomLensError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 
 def load_sweeps(sweep_dirs: list[str | Path]) -> pd.DataFrame:
     """The critical-LR rows of several sweeps that have both a measured and a predicted η_c."""
+    import pandas as pd
+
     frames = []
     for directory in map(Path, sweep_dirs):
         path = directory / "critical_lr.parquet"
         if not path.is_file():
             raise PhantomLensError(f"{directory} has no critical_lr.parquet; run phantomlens sweep first")
-        frames.append(pd.read_parquet(path))
+        frames.append(_read_table(path))
     table = pd.concat(frames, ignore_index=True)
     long = []
     for variant, column in VARIANT_COLUMNS.items():
@@ -47,6 +51,54 @@ def load_sweeps(sweep_dirs: list[str | Path]) -> pd.DataFrame:
     return table
 
 
+#: Columns a sweep's critical-LR table must have, with the kind of value each holds.
+REQUIRED_COLUMNS = {
+    "model": "string",
+    "context": "string",
+    "mode": "string",
+    "optimizer": "string",
+    "eta_c": "number",
+}
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """A sweep's critical_lr.parquet, checked against what calibration reads from it."""
+    import pandas as pd
+
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises its own kinds for a truncated or foreign file
+        raise PhantomLensError(
+            f"{path} is not a readable parquet table ({type(exc).__name__}); rerun the sweep to rewrite it"
+        ) from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table]
+    if missing:
+        raise PhantomLensError(
+            f"{path} lacks the columns {', '.join(missing)}; is it a phantomlens sweep table?"
+        )
+    for column, kind in REQUIRED_COLUMNS.items():
+        values = table[column].dropna()
+        ok = _numeric(values) if kind == "number" else values.map(lambda v: isinstance(v, str)).all()
+        if not ok:
+            raise PhantomLensError(f"{path}: column {column} must hold {kind}s")
+    for column in VARIANT_COLUMNS.values():
+        if column in table and not _numeric(table[column]):
+            raise PhantomLensError(f"{path}: column {column} must hold numbers")
+    return table
+
+
+def _numeric(values: pd.Series) -> bool:
+    """Numbers or missing values only (a column of nothing but missing values is fine)."""
+    import pandas as pd
+
+    values = values.dropna()
+    return values.empty or pd.api.types.is_numeric_dtype(values) or values.map(_is_number).all()
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 #: Where a sweep's table keeps each prediction variant at κ = 1.
 VARIANT_COLUMNS = {
     "first-order": "eta_c_predicted_kappa1",
@@ -56,6 +108,8 @@ VARIANT_COLUMNS = {
 
 
 def spread(values: np.ndarray) -> dict:
+    import numpy as np
+
     values = np.asarray(values, dtype=float)
     logs = np.log(values)
     return {
@@ -85,6 +139,9 @@ def fit_kappa(table: pd.DataFrame) -> dict:
 
 def blind_test(table: pd.DataFrame) -> pd.DataFrame:
     """Calibrate on all models but one, predict the held-out model's contexts: error per context."""
+    import numpy as np
+    import pandas as pd
+
     rows = []
     for key, group in table.groupby("key"):
         models = sorted(group["model"].unique())

@@ -1,4 +1,4 @@
-"""Architecture classes from the bulk geometry of the token states (METHOD.md §8).
+"""Architecture classes from the bulk geometry of the token states (docs/method.md, 'Architecture classes').
 
 From a fixed-seed sample of token pairs of the raw unit token states ê_i = u_i/‖u_i‖:
 mean overlap E[G_ij], crowding χ = d·E[G_ij²] (1 for an isotropic cloud, ≫ 1 when crowded), and
@@ -14,8 +14,10 @@ near-synonym pair). The prediction is checked against LoRA sweeps in docs/critic
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 #: Boundary on χ/d = E[G²]: class A (crowded) at or above it.
 CROWDING_BOUNDARY = 0.125
@@ -43,8 +45,12 @@ class GeometryClass:
         return asdict(self)
 
 
-def classify_geometry(model, name: str = "", pairs: int = 200_000, seed: int = 0) -> GeometryClass:
+def classify_geometry(
+    model: torch.nn.Module, name: str = "", pairs: int = 200_000, seed: int = 0
+) -> GeometryClass:
     """Bulk statistics of the model's output embedding, its class and the LoRA prediction."""
+    import torch
+
     from phantomlens.readout import output_embedding
 
     with torch.no_grad():

@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from phantomlens.errors import PhantomLensError
-from phantomlens.models import quiet_libraries
+from phantomlens.errors import PhantomLensError, one_line
+
+if TYPE_CHECKING:
+    from phantomlens.results import RunEvents, RunSummary
+    from phantomlens.transitions import Jump
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,8 +28,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    text = str(message).removeprefix("phantomlens: ")
-    print(f"warning: {text}", file=sys.stderr)
+    """phantomlens's own warnings as one ``warning:`` line; dependencies' warnings are not shown
+    (their deprecation notices say nothing to a user of this command)."""
+    text = str(message)
+    if not text.startswith("phantomlens:") and f"{os.sep}phantomlens{os.sep}" not in str(filename):
+        return
+    print(f"warning: {text.removeprefix('phantomlens: ')}", file=sys.stderr)
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -48,16 +57,15 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _default_out(config) -> Path:
     name = config.context if config.context and " " not in config.context else "custom"
-    return Path("runs") / f"{config.model.replace('/', '_')}-{name}-{config.mode}-lr{config.lr:g}"
+    return Path("runs") / f"{config.model.replace('/', '_')}-{name}-{config.mode}-lr{config.peak_lr:g}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from phantomlens.config import from_namespace
-    from phantomlens.train import RunConfig, finetune
-    from phantomlens.transitions import AnalysisConfig
+    from phantomlens.settings import AnalysisConfig, RunConfig
+    from phantomlens.train import finetune
 
     config = from_namespace(RunConfig, args)
-    config.validate()
     out = Path(args.out) if args.out else _default_out(config)
     result = finetune(
         config,
@@ -67,10 +75,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         analysis=from_namespace(AnalysisConfig, args),
     )
     if args.json:
-        print(json.dumps(result.summary, indent=2))
+        print(result.summary.to_json())
         return 0
     print(format_run_summary(result.summary))
-    if result.events["jumps"]:
+    if result.events.jumps:
         print()
         print(format_events(result.events))
     return 0
@@ -78,28 +86,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from phantomlens.config import from_namespace
-    from phantomlens.rundir import EVENTS_FILE, reanalyze
-    from phantomlens.transitions import AnalysisConfig
+    from phantomlens.results import EVENTS_FILE
+    from phantomlens.rundir import reanalyze
+    from phantomlens.settings import AnalysisConfig
 
     config = from_namespace(AnalysisConfig, args)
     for run_dir in args.run_dirs:
-        summary, events = reanalyze(run_dir, config)
+        result = reanalyze(run_dir, config)
         if args.json:
-            print(json.dumps(events, indent=2))
+            print(result.events.to_json())
             continue
-        ctx = summary["context"]
-        print(
-            f"{run_dir}: {ctx['text']!r} →{ctx['target']!r} vs{ctx['competitor']!r} "
-            f"({summary['config']['mode']}, η={summary['config']['lr']:g})"
-        )
-        print(format_events(events))
+        ctx, run = result.summary.context, result.config
+        print(f"{run_dir}: {ctx.text!r} →{ctx.target!r} vs{ctx.competitor!r} ({run.mode}, η={run.peak_lr:g})")
+        print(format_events(result.events))
         print(f"written   {Path(run_dir) / EVENTS_FILE}\n")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from phantomlens.config import from_namespace
-    from phantomlens.sweep import Sweep, SweepConfig
+    from phantomlens.settings import SweepConfig
+    from phantomlens.sweep import Sweep
 
     config = from_namespace(SweepConfig, args)
     table = Sweep(config, args.out).run(progress=None if not args.json else False)
@@ -134,7 +141,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from phantomlens.config import from_namespace
     from phantomlens.predict import predict_critical_lr
-    from phantomlens.train import RunConfig
+    from phantomlens.settings import RunConfig
 
     config = from_namespace(RunConfig, args)
     prediction = predict_critical_lr(
@@ -166,9 +173,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from phantomlens.atomic import write_json_atomic
+    from phantomlens.atomic import check_output_file, write_json_atomic
     from phantomlens.calibrate import calibrate
 
+    check_output_file(Path(args.out))
     result = calibrate(args.sweep_dirs)
     write_json_atomic(Path(args.out), result)
     if args.json:
@@ -218,76 +226,42 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from phantomlens.atomic import check_output_file
     from phantomlens.report import write_report
 
+    check_output_file(Path(args.out))
     out = write_report(args.run_dirs, args.out)
     print(f"written {out} ({len(args.run_dirs)} run{'s' if len(args.run_dirs) != 1 else ''})")
     return 0
 
 
-def format_events(events: dict) -> str:
-    detail = events["outcome_detail"]
+def format_events(events: RunEvents) -> str:
+    detail = events.outcome_detail
     lines = [
-        f"outcome   {events['outcome']}"
-        + ("  (SILENT: the loss fell, the target never won)" if events["silent"] else "")
-        + f"; loss fell {detail['loss_drop_fraction']:.0%}, drag changed {detail['drag_change']:+.4f}, "
-        f"max signal {detail['signal_max']:+.3f}",
+        f"outcome   {events.outcome}"
+        + ("  (SILENT: the loss fell, the target never won)" if events.silent else "")
+        + f"; loss fell {detail.loss_drop_fraction:.0%}, drag changed {detail.drag_change:+.4f}, "
+        f"max signal {detail.signal_max:+.3f}",
     ]
-    frozen = events["frozen_geometry"]
-    if frozen["embeddings_unchanged"]:
+    frozen = events.frozen_geometry
+    if frozen.embeddings_unchanged:
         lines.append(
             "geometry  embeddings bit-identical (sha256 "
-            f"{frozen['embedding_sha256'][:12]}…): Γ = X = 0 exactly at every step"
+            f"{frozen.embedding_sha256[:12]}…): Γ = X = 0 exactly at every step"
         )
-    jumps = events["jumps"]
-    if not jumps:
+    t = events.thresholds
+    if not events.jumps:
         lines.append("jumps     none (no step changed Φ suddenly)")
     else:
-        rows = []
-        for j in jumps:
-            rows.append(
-                [
-                    f"{j['step_from']}→{j['step']}",
-                    f"{j['delta_phi']:+.3f}",
-                    f"{j['readout']:+.3f}",
-                    f"{j['geometric']:+.1e}",
-                    f"{j['cross']:+.1e}",
-                    f"{j['readout_fraction']:.2f}",
-                    "PHANTOM" if j["phantom"] else "geometric",
-                    f"{j['margin_before']:+.2f}→{j['margin_after']:+.2f}",
-                    f"{j['margin_velocity']:.2f}",
-                    f"{j['predicted_delta_phi']:+.3f}",
-                    f"{j['prediction_error']:+.0%}",
-                    "YES" if j["symmetry_breaking"] else "no",
-                ]
-            )
+        header = ["steps", "ΔΦ", "R", "Γ", "X", "R/ΔΦ", "verdict", "margin", "v", "ΔΦ pred", "pred err"]
+        lines.append(_table([_jump_row(j) for j in events.jumps], [*header, "sym.break"]))
         lines.append(
-            _table(
-                rows,
-                [
-                    "steps",
-                    "ΔΦ",
-                    "R",
-                    "Γ",
-                    "X",
-                    "R/ΔΦ",
-                    "verdict",
-                    "margin",
-                    "v",
-                    "ΔΦ pred",
-                    "pred err",
-                    "sym.break",
-                ],
-            )
-        )
-        lines.append(
-            f"          {events['n_phantom_jumps']} of {events['n_jumps']} jumps are phantoms "
-            f"(|R| ≥ {events['thresholds']['phantom_fraction']}·|ΔΦ|): the change lives in the softmax "
+            f"          {events.n_phantom_jumps} of {events.n_jumps} jumps are phantoms "
+            f"(|R| ≥ {t['phantom_fraction']}·|ΔΦ|): the change lives in the softmax "
             "readout, not in the embeddings."
-            if events["n_phantom_jumps"]
-            else f"          none of the {events['n_jumps']} jumps is a phantom."
+            if events.n_phantom_jumps
+            else f"          none of the {events.n_jumps} jumps is a phantom."
         )
-    t = events["thresholds"]
     lines.append(
         f"thresholds jump |ΔΦ| ≥ {t['jump_min_abs']}, robust z ≥ {t['jump_min_z']}, share ≥ "
         f"{t['jump_min_share']} within ±{t['jump_context']}; phantom |R|/|ΔΦ| ≥ {t['phantom_fraction']}; "
@@ -296,48 +270,63 @@ def format_events(events: dict) -> str:
     return "\n".join(lines)
 
 
-def format_run_summary(s: dict) -> str:
-    ctx, cfg = s["context"], s["config"]
+def _jump_row(j: Jump) -> list[str]:
+    return [
+        f"{j.step_from}→{j.step}",
+        f"{j.delta_phi:+.3f}",
+        f"{j.readout:+.3f}",
+        f"{j.geometric:+.1e}",
+        f"{j.cross:+.1e}",
+        f"{j.readout_fraction:.2f}",
+        "PHANTOM" if j.phantom else "geometric",
+        f"{j.margin_before:+.2f}→{j.margin_after:+.2f}",
+        f"{j.margin_velocity:.2f}",
+        f"{j.predicted_delta_phi:+.3f}",
+        f"{j.prediction_error:+.0%}",
+        "YES" if j.symmetry_breaking else "no",
+    ]
+
+
+def format_run_summary(s: RunSummary) -> str:
+    ctx, run = s.context, s.run_config()
     lines = [
-        f"context   {ctx['text']!r} → {ctx['target']!r} (target) vs {ctx['competitor']!r} (competitor)",
-        f"run       {cfg['model']}, {cfg['mode']}, {cfg['optimizer']}, η={cfg['lr']:g}, "
-        f"{cfg['schedule']}, T={cfg['steps']}, seed {cfg['seed']}, {s['geometry']} geometry",
+        f"context   {ctx.text!r} → {ctx.target!r} (target) vs {ctx.competitor!r} (competitor)",
+        f"run       {run.model}, {run.mode}, {run.optimizer}, η={run.peak_lr:g}, "
+        f"{run.schedule}, T={run.steps}, seed {run.seed}, {s.geometry} geometry",
     ]
     rows = [
-        ["loss", _fmt(s["loss_initial"]), _fmt(s["loss_final"])],
-        ["margin", _fmt(s["margin_initial"]), _fmt(s["margin_final"])],
-        ["Φ", _fmt(s["phi_initial"]), _fmt(s["phi_final"])],
-        ["p(target)", "", _fmt(s["p_target_final"])],
-        ["p(competitor)", "", _fmt(s["p_competitor_final"])],
+        ["loss", _fmt(s.loss_initial), _fmt(s.loss_final)],
+        ["margin", _fmt(s.margin_initial), _fmt(s.margin_final)],
+        ["Φ", _fmt(s.phi_initial), _fmt(s.phi_final)],
+        ["p(target)", "", _fmt(s.p_target_final)],
+        ["p(competitor)", "", _fmt(s.p_competitor_final)],
     ]
     lines += ["", _table(rows, ["quantity", "step 0", "end"]), ""]
-    if s["status"] == "diverged":
-        lines.append(f"status    DIVERGED at step {s['diverged_step']} ({s['status_reason']})")
+    if s.status == "diverged":
+        lines.append(f"status    DIVERGED at step {s.diverged_step} ({s.status_reason})")
     else:
-        lines.append(f"status    {s['status']} ({s['steps_completed']} steps, {s['wall_time_s']} s)")
-    if "outcome" in s:
-        lines.append(
-            f"outcome   {s['outcome']}" + ("  (silent: loss fell, no flip)" if s.get("silent") else "")
-        )
-    if s["flipped"]:
-        held = "and holds at the end" if s["flipped_at_end"] else "but does NOT hold at the end"
-        lines.append(f"flip      target overtook competitor at step {s['flip_step']}, {held}")
+        lines.append(f"status    {s.status} ({s.steps_completed} steps, {s.wall_time_s} s)")
+    lines.append(f"outcome   {s.outcome}" + ("  (silent: loss fell, no flip)" if s.silent else ""))
+    if s.flipped:
+        held = "and holds at the end" if s.flipped_at_end else "but does NOT hold at the end"
+        lines.append(f"flip      target overtook competitor at step {s.flip_step}, {held}")
     else:
         lines.append("flip      NO: the target never overtook the competitor")
-    if "n_jumps" in s:
-        lines.append(f"jumps     {s['n_jumps']} catapult-like jumps in Φ, {s['n_phantom_jumps']} phantoms")
-    same = "bit-identical" if s["embeddings_unchanged"] else "changed"
+    lines.append(f"jumps     {s.n_jumps} catapult-like jumps in Φ, {s.n_phantom_jumps} phantoms")
+    same = "bit-identical" if s.embeddings_unchanged else "changed"
     lines.append(
-        f"embedding {same} (sha256 {s['embedding_sha256_start'][:12]}… → {s['embedding_sha256_end'][:12]}…)"
+        f"embedding {same} (sha256 {s.embedding_sha256_start[:12]}… → {s.embedding_sha256_end[:12]}…)"
     )
-    for note in s.get("notes", []):
-        lines.append(f"note      {note}")
-    if s.get("out_dir"):
-        lines.append(f"written   {s['out_dir']}/ (summary.json, trajectory.parquet, trajectory.png)")
+    lines += [f"note      {note}" for note in s.notes]
+    if s.out_dir:
+        lines.append(f"written   {s.out_dir}/ (summary.json, trajectory.parquet, trajectory.png)")
     return "\n".join(lines)
 
 
 # --- contexts ----------------------------------------------------------------------------------
+
+
+CONTEXT_FIELDS = ("rank_target", "rank_competitor", "margin", "overlap_tc", "p_target", "p_competitor")
 
 
 def cmd_contexts(args: argparse.Namespace) -> int:
@@ -346,60 +335,32 @@ def cmd_contexts(args: argparse.Namespace) -> int:
     from phantomlens.readout import measure
 
     model, tokenizer = load_model(args.model)
-    rows, records = [], []
+    records = []
     for ctx in builtin_contexts():
         spec = resolve(tokenizer, ctx.text, ctx.target, ctx.competitor, model=model, warn=False)
         r = measure(model, tokenizer, ctx.text, spec.target, spec.competitor)
         valid = r.rank_competitor < r.rank_target
-        record = {
-            **ctx.to_dict(),
-            **{
-                k: getattr(r, k)
-                for k in (
-                    "rank_target",
-                    "rank_competitor",
-                    "margin",
-                    "overlap_tc",
-                    "p_target",
-                    "p_competitor",
-                )
-            },
-            "valid": valid,
-        }
-        records.append(record)
-        rows.append(
-            [
-                ctx.name,
-                ctx.text + " …",
-                ctx.target.strip(),
-                ctx.competitor.strip(),
-                str(r.rank_target),
-                str(r.rank_competitor),
-                f"{r.margin:+.2f}",
-                f"{r.overlap_tc:.3f}",
-                "yes" if valid else "NO",
-            ]
-        )
+        records.append({**ctx.to_dict(), **{k: getattr(r, k) for k in CONTEXT_FIELDS}, "valid": valid})
     if args.json:
         print(json.dumps({"model": args.model, "contexts": records}, indent=2))
-    else:
-        print(f"{len(rows)} built-in contexts on {args.model} (step 0, raw geometry)\n")
-        print(
-            _table(
-                rows,
-                [
-                    "name",
-                    "context",
-                    "target",
-                    "competitor",
-                    "rank_t",
-                    "rank_c",
-                    "margin",
-                    "G_tc",
-                    "valid",
-                ],
-            )
-        )
+        return 0
+    rows = [
+        [
+            r["name"],
+            r["text"] + " …",
+            r["target"].strip(),
+            r["competitor"].strip(),
+            str(r["rank_target"]),
+            str(r["rank_competitor"]),
+            f"{r['margin']:+.2f}",
+            f"{r['overlap_tc']:.3f}",
+            "yes" if r["valid"] else "NO",
+        ]
+        for r in records
+    ]
+    print(f"{len(rows)} built-in contexts on {args.model} (step 0, raw geometry)\n")
+    header = ["name", "context", "target", "competitor", "rank_t", "rank_c", "margin", "G_tc", "valid"]
+    print(_table(rows, header))
     return 0
 
 
@@ -407,21 +368,25 @@ def cmd_contexts(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from phantomlens import __version__
-    from phantomlens.config import add_arguments
-    from phantomlens.models import DEFAULT_MODEL
-    from phantomlens.sweep import SweepConfig
-    from phantomlens.train import RunConfig
-    from phantomlens.transitions import AnalysisConfig
+    from phantomlens.version import __version__
 
     parser = _Parser(prog="phantomlens", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"phantomlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for register in (_add_run, _add_analyze, _add_report, _add_sweep, _add_predict):
+        register(sub)
+    _add_model_commands(sub)
+    return parser
+
+
+def _add_run(sub) -> None:
+    from phantomlens.config import add_arguments
+    from phantomlens.settings import AnalysisConfig, RunConfig
 
     run = sub.add_parser(
         "run",
         help="one instrumented fine-tuning run",
-        description=("Fine-tune on one context and record the readout at every step."),
+        description="Fine-tune on one context and record the readout at every step.",
     )
     add_arguments(run, RunConfig)
     add_arguments(run.add_argument_group("transitions analysis"), AnalysisConfig)
@@ -429,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--json", action="store_true", help="print summary.json to stdout")
     run.set_defaults(func=cmd_run)
+
+
+def _add_analyze(sub) -> None:
+    from phantomlens.config import add_arguments
+    from phantomlens.settings import AnalysisConfig
 
     analyze = sub.add_parser(
         "analyze",
@@ -441,10 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print events.json to stdout")
     analyze.set_defaults(func=cmd_analyze)
 
+
+def _add_report(sub) -> None:
     report = sub.add_parser("report", help="one self-contained HTML page for one or more runs")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     report.set_defaults(func=cmd_report)
+
+
+def _add_sweep(sub) -> None:
+    from phantomlens.config import add_arguments
+    from phantomlens.settings import PER_RUN_FIELDS, SweepConfig
 
     sweep = sub.add_parser(
         "sweep",
@@ -452,28 +429,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bracket and bisect the critical learning rate in log-LR. "
         "Resumable: rerun the same command to continue a killed sweep.",
     )
-    add_arguments(sweep, SweepConfig)
+    add_arguments(sweep, SweepConfig, exclude=PER_RUN_FIELDS)
     sweep.add_argument("--out", required=True, help="sweep directory (created, or resumed)")
     sweep.add_argument("--json", action="store_true", help="print the sweep summary JSON")
     sweep.set_defaults(func=cmd_sweep)
+
+
+def _add_predict(sub) -> None:
+    from phantomlens.config import add_arguments
+    from phantomlens.settings import PREDICT_IGNORES, RunConfig
 
     predict = sub.add_parser(
         "predict",
         help="predict η_c from one forward and two backward passes",
         description="Predict the critical learning rate of a run without training it.",
     )
-    add_arguments(predict, RunConfig)
+    add_arguments(predict, RunConfig, exclude=PREDICT_IGNORES)
     predict.add_argument("--calibration", help="κ from a calibration file (phantomlens calibrate)")
     predict.add_argument("--kappa", type=float, help="κ given directly (default: 1, or the calibration's)")
     predict.add_argument(
         "--variant",
         choices=("first-order", "simulated"),
         default="first-order",
-        help="first-order: METHOD.md's formula (1 forward + 2 backward passes); simulated: follows "
-        "the margin through Adam's shrinking step (2 forward + 2 backward)",
+        help="first-order: the formula of docs/critical-lr.md (1 forward + 2 backward passes); "
+        "simulated: follows the margin through Adam's shrinking step (2 forward + 2 backward)",
     )
     predict.add_argument("--json", action="store_true", help="print the prediction as JSON")
     predict.set_defaults(func=cmd_predict)
+
+
+def _add_model_commands(sub) -> None:
+    from phantomlens.settings import DEFAULT_MODEL
 
     calibrate = sub.add_parser("calibrate", help="fit κ on sweeps; report its spread and the blind test")
     calibrate.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
@@ -494,27 +480,25 @@ def build_parser() -> argparse.ArgumentParser:
     contexts.add_argument("--json", action="store_true", help="print JSON instead of a table")
     contexts.set_defaults(func=cmd_contexts)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
-    return parser
-
-
-_EXTRA_COMMANDS: list = []
-
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        from phantomlens.models import quiet_libraries
+
         quiet_libraries()
         return int(args.func(args) or 0)
-    except PhantomLensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("error: interrupted; no incomplete result was left behind", file=sys.stderr)
         return 130
+    except Exception as exc:  # every failure, ours or a dependency's or the OS's, is one line
+        if os.environ.get("PHANTOMLENS_DEBUG") and not isinstance(exc, PhantomLensError):
+            raise
+        hint = "" if isinstance(exc, PhantomLensError) else " (PHANTOMLENS_DEBUG=1 shows the traceback)"
+        print(f"error: {one_line(exc)}{hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from importlib.resources import files
 import torch
 
 from phantomlens.errors import PhantomLensError
+from phantomlens.forward import evaluation, last_token_logits, output_embedding, token_states
 
 #: Candidates for the automatic competitor: tokens ranked above the target, at most this many.
 COMPETITOR_CANDIDATES = 100
@@ -47,6 +48,17 @@ class ResolvedContext:
     competitor_id: int
     input_ids: torch.Tensor  # [1, L]
     notes: list[str] = field(default_factory=list)
+
+    def record(self) -> dict:
+        """What a run's summary stores of its context."""
+        return {
+            "text": self.text,
+            "target": self.target,
+            "competitor": self.competitor,
+            "target_id": self.target_id,
+            "competitor_id": self.competitor_id,
+            "n_context_tokens": int(self.input_ids.shape[1]),
+        }
 
 
 @cache
@@ -154,8 +166,6 @@ def resolve(
 
 
 def _logits(model, input_ids: torch.Tensor) -> torch.Tensor:
-    from phantomlens.readout import evaluation, last_token_logits
-
     with evaluation(model):
         return last_token_logits(model, input_ids)
 
@@ -164,8 +174,6 @@ def pick_competitor(model, input_ids: torch.Tensor, target_id: int) -> int:
     """The documented rule: of the tokens ranked above the target (at most the top
     ``COMPETITOR_CANDIDATES``), the one whose state overlaps the target's most (largest G_ic);
     ties go to the higher-ranked token."""
-    from phantomlens.readout import output_embedding, token_states_for
-
     logits = _logits(model, input_ids)
     above = int((logits > logits[target_id]).sum())
     if above == 0:
@@ -175,8 +183,8 @@ def pick_competitor(model, input_ids: torch.Tensor, target_id: int) -> int:
     candidates = torch.topk(logits, min(above, COMPETITOR_CANDIDATES)).indices
     with torch.no_grad():
         unembedding = output_embedding(model)
-        states = token_states_for(unembedding, candidates, center=False)
-        target_state = token_states_for(
+        states = token_states(unembedding, candidates, center=False)
+        target_state = token_states(
             unembedding, torch.tensor([target_id], device=unembedding.device), center=False
         )[0]
         overlaps = states @ target_state

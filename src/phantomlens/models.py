@@ -3,6 +3,9 @@
 The built-in models are dequantized from GGUF once (slow: 25-90 s) and cached as fp32 safetensors;
 later loads read the cache (about a second). The cache is written atomically and carries a
 manifest of file sizes and SHA-256 digests, so a partial or corrupt cache is detected and rebuilt.
+
+torch, transformers (which reads the GGUF files) and filelock are imported inside the functions
+that use them, so that importing this module costs milliseconds, not seconds.
 """
 
 from __future__ import annotations
@@ -11,14 +14,22 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from phantomlens.atomic import sha256_file, write_json_atomic
 from phantomlens.errors import PhantomLensError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    ModelAndTokenizer = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
 CACHE_ENV = "PHANTOMLENS_CACHE"
 MANIFEST = "phantomlens-cache.json"
@@ -50,12 +61,25 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 
 
 def quiet_libraries() -> None:
-    """Errors only from transformers, and no per-load progress bars (CLI and sweep workers)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+    """Errors only from transformers, and no per-load progress bars (CLI and sweep workers).
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    Before transformers is imported this only sets the environment variables that transformers
+    and huggingface_hub read when they are imported, so a command that never loads a model does not
+    spend seconds importing transformers merely to silence it.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        return
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a user's explicit choice wins
+    if "huggingface_hub" in sys.modules:  # it has read its environment already
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def cache_root() -> Path:
@@ -64,7 +88,7 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "phantomlens"
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False):
+def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False) -> ModelAndTokenizer:
     """Load ``(model, tokenizer)`` in fp32 eval mode.
 
     ``name_or_path`` is a built-in name (``smollm2-135m``, ``gemma3-270m``), a local Hugging Face
@@ -77,18 +101,19 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = F
         return _load_pretrained(directory, trust_remote_code=False)
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_gguf(path.parent, path.name)
+        _check_gguf_magic(path)
+        return _local(lambda: _load_gguf(path.parent, path.name), path)
     if path.is_dir():
         _check_safetensors(path)
-        return _load_pretrained(path, trust_remote_code=trust_remote_code)
+        return _local(lambda: _load_pretrained(path, trust_remote_code=trust_remote_code), path)
     if path.exists():
         raise PhantomLensError(
             f"model path {name} is a file but not a .gguf; pass a Hugging Face model directory"
         )
-    if "/" not in name or name.startswith((".", "/", "~")):
+    if not _looks_like_hub_id(name):
         raise PhantomLensError(
-            f"unknown model {name!r}: built-in names are {', '.join(BUILTIN_MODELS)}; "
-            "or pass a local Hugging Face directory or a hub id (org/name)"
+            f"unknown model {name!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}) and no such "
+            "path; check the path, or pass a hub id as org/name"
         )
     try:
         return _load_pretrained(name, trust_remote_code=trust_remote_code)
@@ -102,7 +127,39 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = F
         ) from None
 
 
-def describe_model(model) -> str:
+def _looks_like_hub_id(name: str) -> bool:
+    """``org/name`` whose ``org`` is not a local folder: anything else is a path that is missing.
+
+    Asking the hub about a mistyped path costs a minute of retries offline; a path is told at once.
+    """
+    parts = name.split("/")
+    if len(parts) != 2 or not all(parts) or name.startswith((".", "~")) or "\\" in name:
+        return False
+    return not Path(parts[0]).exists()
+
+
+def _check_gguf_magic(path: Path) -> None:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise PhantomLensError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
+def _local(load, path: Path) -> ModelAndTokenizer:
+    """Load from a local path; a damaged file or config becomes one line naming the path."""
+    try:
+        return load()
+    except PhantomLensError:
+        raise
+    except Exception as exc:  # safetensors, json, tokenizers and torch each raise their own kinds
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PhantomLensError(
+            f"could not load the model at {path} ({type(exc).__name__}: {reason[:200]}); "
+            "is it a complete Hugging Face causal-LM directory or GGUF file?"
+        ) from None
+
+
+def describe_model(model: torch.nn.Module) -> str:
     """What a model object was loaded as: a built-in name, else its path or hub id, else its class."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     where = str(getattr(base.config, "_name_or_path", "") or "")
@@ -112,7 +169,7 @@ def describe_model(model) -> str:
     return where or type(base).__name__
 
 
-def resolve_device(spec: str = "auto"):
+def resolve_device(spec: str = "auto") -> torch.device:
     """``auto`` (the first CUDA device when one is visible, else the CPU), ``cpu``, ``cuda``, ``cuda:N``."""
     import torch
 
@@ -129,10 +186,10 @@ def resolve_device(spec: str = "auto"):
     return device
 
 
-_RESIDENT: dict[str, tuple] = {}
+_RESIDENT: dict[str, ModelAndTokenizer] = {}
 
 
-def load_model_cached(name: str):
+def load_model_cached(name: str) -> ModelAndTokenizer:
     """``load_model(name)``, keeping the last loaded model in memory (one at a time) for reuse
     by loops that train copies of it: sweep workers, benchmarks, demo scripts."""
     if name not in _RESIDENT:
@@ -153,7 +210,7 @@ def _check_safetensors(path: Path) -> None:
         raise PhantomLensError(f"{path} has no config.json; pass a Hugging Face model directory")
 
 
-def _load_pretrained(where, *, trust_remote_code: bool):
+def _load_pretrained(where: str | Path, *, trust_remote_code: bool) -> ModelAndTokenizer:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -165,7 +222,7 @@ def _load_pretrained(where, *, trust_remote_code: bool):
     return model, tokenizer
 
 
-def _load_gguf(directory: Path, filename: str):
+def _load_gguf(directory: Path, filename: str) -> ModelAndTokenizer:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 

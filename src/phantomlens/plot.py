@@ -1,83 +1,148 @@
-"""Trajectory figure: the edge of the library where data becomes a picture."""
+"""Trajectory figure: the edge of the library where data becomes a picture.
+
+Figures are built as ``matplotlib.figure.Figure`` objects and rendered with the Agg canvas
+directly: pyplot and the global backend are never touched, so a notebook's inline backend (or a
+GUI backend) keeps working after phantomlens has drawn something. A notebook shows a returned
+figure like any other (``display(fig)``); ``figure_png`` renders it anywhere. Each panel is also
+available on its own (``plot_margin(trajectory, ax=...)`` and friends) for composing figures.
+"""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
-def trajectory_figure(trajectory: pd.DataFrame, summary: dict, jumps: list[dict] | None = None):
-    import matplotlib
+def new_figure(**kwargs) -> Figure:
+    """A pyplot-free figure that can render itself (Agg canvas attached); ``kwargs`` go to ``Figure``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    return fig
 
-    ctx = summary.get("context", {})
-    steps = trajectory["step"]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
-    title = (
-        f"{ctx.get('text', '')!s} →{ctx.get('target', '')!s} vs{ctx.get('competitor', '')!s}   "
-        f"[{summary.get('config', {}).get('mode', '')}, η={summary.get('config', {}).get('lr', '')}, "
-        f"{summary.get('status', '')}{', flipped' if summary.get('flipped') else ', no flip'}]"
-    )
-    fig.suptitle(title, fontsize=10)
 
-    ax = axes[0, 0]
-    ax.plot(steps, trajectory["loss"], color="black")
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure rendered as PNG bytes, without pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)  # a figure made elsewhere may carry another backend's canvas
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def _axes(ax: Axes | None) -> Axes:
+    return ax if ax is not None else new_figure(layout="constrained").add_subplot()
+
+
+def plot_loss(trajectory: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    ax = _axes(ax)
+    ax.plot(trajectory["step"], trajectory["loss"], color="black")
     ax.set_title("loss  −log p(target)")
+    return ax
 
-    ax = axes[0, 1]
-    ax.plot(steps, trajectory["margin"], color="tab:purple")
+
+def plot_margin(trajectory: pd.DataFrame, ax: Axes | None = None, flip_step: int | None = None) -> Axes:
+    """The margin z(target) − z(competitor); the flip is where it crosses 0."""
+    ax = _axes(ax)
+    ax.plot(trajectory["step"], trajectory["margin"], color="tab:purple")
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_title("margin  z(target) − z(competitor)")
-    if summary.get("flip_step") is not None:
-        ax.axvline(summary["flip_step"], color="tab:green", lw=1, ls=":", label="flip")
+    if flip_step is not None:
+        ax.axvline(flip_step, color="tab:green", lw=1, ls=":", label="flip")
         ax.legend(loc="best", fontsize=8)
+    return ax
 
-    ax = axes[0, 2]
-    ax.plot(steps, trajectory["p_target"], label="p(target)", color="tab:green")
-    ax.plot(steps, trajectory["p_competitor"], label="p(competitor)", color="tab:red")
+
+def plot_probabilities(trajectory: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    ax = _axes(ax)
+    ax.plot(trajectory["step"], trajectory["p_target"], label="p(target)", color="tab:green")
+    ax.plot(trajectory["step"], trajectory["p_competitor"], label="p(competitor)", color="tab:red")
     ax.set_title("probabilities")
     ax.legend(loc="best", fontsize=8)
+    return ax
 
-    ax = axes[1, 0]
+
+def plot_order_parameter(trajectory: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Φ with its two additive parts, signal and drag."""
+    ax = _axes(ax)
+    steps = trajectory["step"]
     ax.plot(steps, trajectory["phi"], label="Φ = S + D", color="black")
     ax.plot(steps, trajectory["signal"], label="signal S", color="tab:blue")
     ax.plot(steps, trajectory["drag"], label="drag D", color="tab:orange")
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_title("order parameter")
     ax.legend(loc="best", fontsize=8)
+    return ax
 
-    ax = axes[1, 1]
-    ax.plot(steps, trajectory["overlap_tc"], color="tab:brown")
+
+def plot_overlap(trajectory: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    ax = _axes(ax)
+    ax.plot(trajectory["step"], trajectory["overlap_tc"], color="tab:brown")
     ax.set_title("overlap G(target, competitor)")
+    return ax
 
-    ax = axes[1, 2]
-    ax.plot(steps, trajectory["entropy"], color="tab:cyan", label="entropy S(ρ)")
+
+def plot_entropy(trajectory: pd.DataFrame, ax: Axes | None = None) -> Axes:
+    """Von Neumann entropy, with the purity on a second y axis."""
+    ax = _axes(ax)
+    ax.plot(trajectory["step"], trajectory["entropy"], color="tab:cyan", label="entropy S(ρ)")
     ax.set_title("von Neumann entropy (nats)")
     twin = ax.twinx()
-    twin.plot(steps, trajectory["purity"], color="tab:gray", label="purity", ls="--")
+    twin.plot(trajectory["step"], trajectory["purity"], color="tab:gray", label="purity", ls="--")
     twin.set_ylabel("purity Tr ρ²")
+    return ax
 
-    for jump in jumps or []:
-        for axis in (axes[0, 1], axes[1, 0]):
-            axis.axvspan(jump["step_from"], jump["step"], color="gold", alpha=0.35, lw=0)
+
+def shade_jumps(ax: Axes, jumps: Iterable[dict]) -> None:
+    """Shade each jump's step window (``step_from`` … ``step``) of a transitions analysis."""
+    for jump in jumps:
+        ax.axvspan(jump["step_from"], jump["step"], color="gold", alpha=0.35, lw=0)
+
+
+def _title(summary: dict) -> str:
+    ctx, cfg = summary.get("context", {}), summary.get("config", {})
+    flipped = ", flipped" if summary.get("flipped") else ", no flip"
+    return (
+        f"{ctx.get('text', '')!s} →{ctx.get('target', '')!s} vs{ctx.get('competitor', '')!s}   "
+        f"[{cfg.get('mode', '')}, η={cfg.get('lr', '')}, {summary.get('status', '')}{flipped}]"
+    )
+
+
+def trajectory_figure(trajectory: pd.DataFrame, summary: dict, jumps: list[dict] | None = None) -> Figure:
+    """The six-panel picture of one run (``trajectory.png``), with the jumps shaded."""
+    fig = new_figure(figsize=(13, 7), layout="constrained")
+    axes = fig.subplots(2, 3)
+    fig.suptitle(_title(summary), fontsize=10)
+    plot_loss(trajectory, axes[0, 0])
+    plot_margin(trajectory, axes[0, 1], flip_step=summary.get("flip_step"))
+    plot_probabilities(trajectory, axes[0, 2])
+    plot_order_parameter(trajectory, axes[1, 0])
+    plot_overlap(trajectory, axes[1, 1])
+    plot_entropy(trajectory, axes[1, 2])
+    for axis in (axes[0, 1], axes[1, 0]):
+        shade_jumps(axis, jumps or [])
     for axis in axes.flat:
         axis.set_xlabel("step")
         axis.grid(alpha=0.25)
     return fig
 
 
-def plot_trajectory(trajectory: pd.DataFrame, summary: dict, path: Path, jumps=None) -> Path:
-    import matplotlib.pyplot as plt
-
+def plot_trajectory(
+    trajectory: pd.DataFrame, summary: dict, path: Path, jumps: list[dict] | None = None
+) -> Path:
+    """Write ``trajectory_figure`` as a PNG to ``path``, atomically."""
     from phantomlens.atomic import write_bytes_atomic
 
-    fig = trajectory_figure(trajectory, summary, jumps)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    write_bytes_atomic(Path(path), buffer.getvalue())
+    write_bytes_atomic(Path(path), figure_png(trajectory_figure(trajectory, summary, jumps), dpi=110))
     return Path(path)

@@ -1,4 +1,6 @@
-"""Predicting the critical learning rate without training (METHOD.md §9).
+"""Predicting the critical learning rate without training.
+
+See docs/critical-lr.md, "Measured η_c and the κ = 1 prediction".
 
 Early in Adam each trainable parameter moves by about η·sign(gradient), so the margin moves per
 step by η·A with A = Σ_θ (∂m/∂θ)·sign(−∂L/∂θ). With schedule shape s_t (peak 1), the flip needs
@@ -27,6 +29,9 @@ import torch
 
 from phantomlens.atomic import read_json
 from phantomlens.errors import PhantomLensError
+from phantomlens.forward import last_token_logits
+from phantomlens.session import prepare_model, schedule_factors, setup_run
+from phantomlens.settings import RunConfig
 
 VARIANTS = ("first-order", "simulated", "two-point")
 PASSES = {
@@ -89,8 +94,6 @@ def step_zero(
     applied with a step h small enough to move the margin by 0.1 logit, and b = Δz / h; the step
     is then taken back (up to rounding), so call it on a copy.
     """
-    from phantomlens.readout import last_token_logits
-
     params = [p for p in model.parameters() if p.requires_grad]
     logits = last_token_logits(model, input_ids)
     margin = logits[target_id] - logits[competitor_id]
@@ -232,42 +235,18 @@ def predict_critical_lr(
 ) -> Prediction:
     """η̂_c for the run ``config`` would make (same settings and defaults as ``finetune``).
 
-    ``variant="first-order"`` is METHOD.md §9's formula (1 forward + 2 backward passes);
+    ``variant="first-order"`` is the formula of docs/critical-lr.md (1 forward + 2 backward passes);
     ``"simulated"`` follows the margin through Adam's shrinking steps (2 forward + 2 backward).
     Both are computed; ``eta_c`` is the chosen one, divided by that variant's κ.
     """
-    from phantomlens.train import prepare_model, schedule_factors, setup_run
-
     if variant not in VARIANTS:
         raise PhantomLensError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    config, model, tokenizer, spec = setup_run(config, model, tokenizer, overrides)
-    kappa, source = resolve_kappa(kappa, calibration, config, variant)
-    rng = torch.get_rng_state()
-    try:
-        # A private copy: LoRA injection, requires_grad changes and the probe step must not touch
-        # the user's model.
-        probe = copy.deepcopy(model)
-        for parameter in probe.parameters():
-            parameter.grad = None
-        torch.manual_seed(config.seed)  # the same LoRA initialisation the run would get
-        probe = prepare_model(probe, config)
-        probe.eval()
-        with torch.enable_grad():
-            zero = step_zero(probe, spec.input_ids, spec.target_id, spec.competitor_id, config.optimizer)
-        factors = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
-        total = sum(factors)
-        first_order = simulated = two_point = velocity_mid = None
-        if zero.margin >= 0:
-            first_order = simulated = two_point = 0.0  # already flipped: any LR keeps it
-        elif zero.velocity > 0:
-            first_order = -zero.margin / (zero.velocity * total)
-            simulated = simulated_critical_lr(zero, factors, config.optimizer, first_order)
-            two_point, velocity_mid = two_point_critical_lr(
-                probe, spec.input_ids, zero, spec.competitor_id, factors, config.optimizer, first_order
-            )
-        del probe
-    finally:
-        torch.set_rng_state(rng)
+    config = (config or RunConfig()).replace(**overrides)
+    kappa, source = resolve_kappa(kappa, calibration, config, variant)  # bad κ: fail before loading
+    config, model, tokenizer, spec = setup_run(config, model, tokenizer, {})
+    factors = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
+    zero, first_order, simulated, two_point, velocity_mid = _measure(model, config, spec, factors)
+    total = sum(factors)
     chosen_kappa1 = {"first-order": first_order, "simulated": simulated, "two-point": two_point}[variant]
     return Prediction(
         eta_c=None if chosen_kappa1 is None else chosen_kappa1 / kappa,
@@ -291,6 +270,37 @@ def predict_critical_lr(
     )
 
 
+def _measure(model, config, spec, factors: list[float]):
+    """Step-zero measurements and the three κ = 1 predictions, on a private copy of the model.
+
+    LoRA injection, requires_grad changes and the probe steps must not touch the user's model,
+    nor may the LoRA initialisation consume the caller's random numbers.
+    """
+    rng = torch.get_rng_state()
+    try:
+        probe = copy.deepcopy(model)
+        for parameter in probe.parameters():
+            parameter.grad = None
+        torch.manual_seed(config.seed)  # the same LoRA initialisation the run would get
+        probe = prepare_model(probe, config)
+        probe.eval()
+        with torch.enable_grad():
+            zero = step_zero(probe, spec.input_ids, spec.target_id, spec.competitor_id, config.optimizer)
+        first_order = simulated = two_point = velocity_mid = None
+        if zero.margin >= 0:
+            first_order = simulated = two_point = 0.0  # already flipped: any LR keeps it
+        elif zero.velocity > 0:
+            first_order = -zero.margin / (zero.velocity * sum(factors))
+            simulated = simulated_critical_lr(zero, factors, config.optimizer, first_order)
+            two_point, velocity_mid = two_point_critical_lr(
+                probe, spec.input_ids, zero, spec.competitor_id, factors, config.optimizer, first_order
+            )
+        del probe
+    finally:
+        torch.set_rng_state(rng)
+    return zero, first_order, simulated, two_point, velocity_mid
+
+
 def resolve_kappa(
     kappa: float | None, calibration, config, variant: str = "first-order"
 ) -> tuple[float, str]:
@@ -307,10 +317,24 @@ def resolve_kappa(
         path = Path(calibration)
         data = read_json(path, "calibration file", "make one with phantomlens calibrate")
         where = str(path)
-    key = f"{config.mode}/{config.optimizer}/{variant}"
-    entry = data.get("kappa", {}).get(key)
-    if entry is None:
+    return _kappa_entry(data, where, f"{config.mode}/{config.optimizer}/{variant}")
+
+
+def _kappa_entry(data, where: str, key: str) -> tuple[float, str]:
+    """κ for ``key`` from a calibration file's contents, checked against the file's schema."""
+    table = data.get("kappa") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
         raise PhantomLensError(
-            f"{where} has no κ for {key}; it has {', '.join(data.get('kappa', {})) or 'none'}"
+            f"{where} is not a calibration file (no 'kappa' table); make one with phantomlens calibrate"
         )
-    return float(entry["value"]), f"{where} [{key}]"
+    entry = table.get(key)
+    if entry is None:
+        raise PhantomLensError(f"{where} has no κ for {key}; it has {', '.join(map(str, table)) or 'none'}")
+    value = entry.get("value") if isinstance(entry, dict) else None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise PhantomLensError(f"{where}: κ for {key} must be a positive number, got {value!r}")
+    return float(value), f"{where} [{key}]"

@@ -1,4 +1,4 @@
-"""Early stopping at the flip (METHOD.md §10): a plain-loop ``Probe`` and a Hugging Face callback.
+"""Early stopping at the flip (docs/early-stopping.md): a plain-loop ``Probe`` and a Hugging Face callback.
 
 Rule: stop at the first step where every watched context has flipped with margin ≥ ``margin_safe``
 for ``patience`` consecutive observations. The flip comes before the loss stops improving, so
@@ -14,24 +14,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from phantomlens.config import JsonConfig, option
 from phantomlens.contexts import Context, ResolvedContext, lookup_context, resolve
 from phantomlens.errors import PhantomLensError
 from phantomlens.readout import Readout, evaluation, last_token_logits, output_embedding, readout_from_logits
+from phantomlens.settings import StopRule
 
 logger = logging.getLogger("phantomlens")
-
-
-@dataclass
-class StopRule(JsonConfig):
-    """When the flip counts as secure."""
-
-    margin_safe: float = option(1.0, "margin (logits) every context must keep: p_target ≥ e·p_competitor")
-    patience: int = option(3, "consecutive observations the margin must hold before stopping")
-
-    def validate(self) -> None:
-        if self.patience < 1:
-            raise PhantomLensError(f"patience must be at least 1, got {self.patience}")
 
 
 @dataclass
@@ -91,7 +79,6 @@ class Probe:
     def __init__(self, model, tokenizer, contexts, rule: StopRule | None = None, *, center: bool = False):
         self.model = model
         self.rule = rule or StopRule()
-        self.rule.validate()
         self.center = center
         self.specs = context_specs(contexts)
         self.resolved: dict[str, ResolvedContext] = {
@@ -120,8 +107,7 @@ class Probe:
 
     def record(self, step: int, readouts: dict[str, Readout]) -> Observation:
         """Apply the rule to readouts measured elsewhere (the runner reuses its training logits)."""
-        secure = all(r.margin >= self.rule.margin_safe for r in readouts.values())
-        self.secure_steps = self.secure_steps + 1 if secure else 0
+        self.secure_steps = self.rule.next_streak(self.secure_steps, [r.margin for r in readouts.values()])
         stop = self.secure_steps >= self.rule.patience
         reason = ""
         if stop:
@@ -171,8 +157,7 @@ class PhantomCallback(_trainer_callback_base()):
         contexts,
         tokenizer=None,
         *,
-        margin_safe: float = 1.0,
-        patience: int = 3,
+        rule: StopRule | None = None,
         every: int = 1,
         prefix: str = "phantom",
         stop: bool = True,
@@ -180,8 +165,7 @@ class PhantomCallback(_trainer_callback_base()):
     ):
         self.contexts = context_specs(contexts)
         self.tokenizer = tokenizer
-        self.rule = StopRule(margin_safe=margin_safe, patience=patience)
-        self.rule.validate()
+        self.rule = rule or StopRule()
         if every < 1:
             raise PhantomLensError(f"every must be at least 1, got {every}")
         self.every, self.prefix, self.stop, self.center = every, prefix, stop, center
@@ -230,3 +214,24 @@ class PhantomCallback(_trainer_callback_base()):
             state.log_history[-1].update(self._pending.scalars)  # so a checkpoint carries them
         self._pending = None
         return control
+
+
+def loss_plateau_step(losses: list[float], min_delta: float = 0.0, patience: int = 3) -> int | None:
+    """Index of the observation at which loss-plateau early stopping stops, or None if it never does.
+
+    The baseline the flip rule is measured against: the semantics of the Keras and Hugging Face
+    ``EarlyStopping`` callbacks, on the training loss. An observation improves when its loss is
+    below the best so far by more than ``min_delta``; training stops once ``patience``
+    consecutive observations have not improved (a NaN loss never improves).
+    """
+    if patience < 1:
+        raise PhantomLensError(f"patience must be at least 1, got {patience}")
+    best, waited = float("inf"), 0
+    for t, loss in enumerate(losses):
+        if loss < best - min_delta:
+            best, waited = loss, 0
+            continue
+        waited += 1
+        if waited >= patience:
+            return t
+    return None

@@ -1,4 +1,4 @@
-"""The density-matrix readout (METHOD.md §2-3): Φ = signal + drag, purity and entropy.
+"""The density-matrix readout: Φ = signal + drag, purity and entropy (docs/method.md, 'The density matrix').
 
 Token states are the unit-normalised rows of the output embedding (unembedding) matrix U,
 ê_i = u_i/‖u_i‖ ("raw") or (u_i − ū)/‖u_i − ū‖ ("centred"). With p = softmax(logits), the
@@ -13,16 +13,14 @@ states; the paper's own equations are not available to us.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
 import torch
 
-SPECTRAL_MASS = 0.999
-SPECTRAL_TOPK = 1024
+from phantomlens.forward import evaluation, last_token_logits, output_embedding, token_states
+from phantomlens.settings import SPECTRAL_MASS, SPECTRAL_TOPK
 
 
 @dataclass(frozen=True)
@@ -68,14 +66,6 @@ class ReadoutState:
     weight: torch.Tensor  # float64 [V], w_i = G_ic² − G_in²; Φ = p·w
     state_target: torch.Tensor  # float32 [d], ê_c
     state_competitor: torch.Tensor  # float32 [d], ê_n
-
-
-def token_states_for(unembedding: torch.Tensor, ids: torch.Tensor, center: bool) -> torch.Tensor:
-    """Unit token states ê for the rows ``ids`` (float32, [len(ids), d])."""
-    rows = unembedding[ids].float()
-    if center:
-        rows = rows - unembedding.float().mean(dim=0)
-    return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def overlap_columns(
@@ -154,7 +144,7 @@ def spectrum_input(
     covered = float(pk.sum())
     # float32 is enough here (eigenvalues to ~1e-7) and keeps the per-step cost a few percent.
     pk = (pk / pk.sum()).float()
-    states = token_states_for(unembedding.detach(), ids, center)  # [k, d]
+    states = token_states(unembedding.detach(), ids, center)  # [k, d]
     return SpectrumInput(pk.sqrt()[:, None] * states, k, covered)
 
 
@@ -235,24 +225,8 @@ def readout_from_logits(
         geometry="centred" if center else "raw",
     )
     ids = torch.tensor([target_id, competitor_id], device=unembedding.device)
-    states = token_states_for(unembedding.detach(), ids, center)
+    states = token_states(unembedding.detach(), ids, center)
     return readout, ReadoutState(p=p, weight=weight, state_target=states[0], state_competitor=states[1])
-
-
-def output_embedding(model) -> torch.Tensor:
-    """The unembedding matrix U [V, d] of any causal LM, PEFT-wrapped or not, tied or untied."""
-    head = model.get_output_embeddings()
-    if head is None or not hasattr(head, "weight"):
-        raise ValueError(f"{type(model).__name__} exposes no output embedding (get_output_embeddings)")
-    return head.weight
-
-
-def last_token_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
-    """The model's own next-token logits [V] after ``input_ids`` (1 × L), from its own forward."""
-    # The context is tokenised on the CPU; the model may live on an accelerator.
-    input_ids = input_ids.to(model.get_input_embeddings().weight.device)
-    out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-    return out.logits[0, -1]
 
 
 def measure(
@@ -278,16 +252,3 @@ def measure(
             logits, output_embedding(model), spec.target_id, spec.competitor_id, center=center
         )
     return readout
-
-
-@contextlib.contextmanager
-def evaluation(model) -> Iterator[None]:
-    """Eval mode and no autograd for the block; every submodule's own mode is restored after."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, mode in modes:
-            module.training = mode

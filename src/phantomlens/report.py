@@ -1,18 +1,28 @@
-"""A self-contained HTML report of one or more runs: figures embedded, every user string escaped."""
+"""A self-contained HTML report of one or more runs: figures embedded, every user string escaped.
+
+Figures are ``matplotlib.figure.Figure`` objects rendered by ``phantomlens.plot`` without pyplot,
+so writing a report from a notebook leaves its plotting backend alone. pandas and matplotlib are
+imported when a report is built, not when this module is imported.
+"""
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
 import html
-import io
 import math
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from phantomlens.atomic import write_bytes_atomic
-from phantomlens.rundir import EVENTS_FILE, read_run
+from phantomlens.version import __version__
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+#: One run as the report sees it: (run directory, summary, trajectory, events).
+Run = tuple[Path, dict, "pd.DataFrame", dict]
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -28,20 +38,17 @@ code{background:#f5f5f7;padding:0 .25rem;border-radius:.2rem}
 """
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
+def _png(fig: Figure) -> str:
+    from phantomlens.plot import figure_png
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(figure_png(fig, dpi=100)).decode()
 
 
-def _e(value) -> str:
+def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value, digits: int = 4) -> str:
+def _num(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
@@ -88,12 +95,8 @@ def _ratio_words(ratio: float) -> str:
     return f"{ratio:.1f}×"
 
 
-def _run_section(index: int, run_dir: Path, summary: dict, trajectory: pd.DataFrame, events: dict) -> str:
-    from phantomlens.plot import trajectory_figure
-
-    ctx, cfg = summary["context"], summary["config"]
-    outcome = events["outcome"]
-    image = _png(trajectory_figure(trajectory, summary, events["jumps"]))
+def _facts_table(run_dir: Path, summary: dict) -> str:
+    cfg = summary["config"]
     rows = [
         ("model", cfg["model"]),
         ("mode / optimiser / schedule", f"{cfg['mode']} / {cfg['optimizer']} / {cfg['schedule']}"),
@@ -106,47 +109,42 @@ def _run_section(index: int, run_dir: Path, summary: dict, trajectory: pd.DataFr
         ("embeddings", "bit-identical" if summary["embeddings_unchanged"] else "changed"),
         ("run directory", str(run_dir)),
     ]
-    table = "".join(f"<tr><th class=l>{_e(k)}</th><td class=l>{_e(v)}</td></tr>" for k, v in rows)
-    silent = " <span class='badge kinematic'>silent</span>" if events["silent"] else ""
-    parts = [
-        f"<h2>Run {index}: “{_e(ctx['text'])}” → <code>{_e(ctx['target'])}</code> "
-        f"vs <code>{_e(ctx['competitor'])}</code></h2>",
-        f"<p><span class='badge {_e(outcome)}'>{_e(outcome)}</span>{silent} "
-        f"{events['n_jumps']} jump(s), {events['n_phantom_jumps']} phantom(s).</p>",
-        f"<table>{table}</table>",
-        f"<img alt='trajectory of run {index}' src='{image}'>",
-    ]
-    frozen = bool(events["frozen_geometry"]["embeddings_unchanged"])
-    if events["jumps"]:
-        head = [
-            "steps",
-            "ΔΦ",
-            "R (readout)",
-            "Γ (geometric)",
-            "X (cross)",
-            "verdict",
-            "margin v",
-            "ΔΦ predicted",
-            "error",
-        ]
-        body = ""
-        for jump in events["jumps"]:
-            verdict = "phantom" if jump["phantom"] else "geometric"
-            body += (
-                f"<tr><td>{jump['step_from']}→{jump['step']}</td><td>{jump['delta_phi']:+.3f}</td>"
-                f"<td>{jump['readout']:+.3f}</td><td>{jump['geometric']:+.2e}</td>"
-                f"<td>{jump['cross']:+.2e}</td>"
-                f"<td class=l><span class='badge {verdict}'>{verdict}</span></td>"
-                f"<td>{jump['margin_velocity']:.2f}</td><td>{jump['predicted_delta_phi']:+.3f}</td>"
-                f"<td>{jump['prediction_error']:+.0%}</td></tr>"
-            )
-        parts.append("<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + f"</tr>{body}</table>")
-        parts += [f"<p class=note>{explain_jump(jump, frozen)}</p>" for jump in events["jumps"]]
-    else:
-        parts.append("<p class=note>No catapult-like jump: Φ changed smoothly throughout.</p>")
-    detail = events["outcome_detail"]
-    thresholds = events["thresholds"]
-    parts.append(
+    body = "".join(f"<tr><th class=l>{_e(k)}</th><td class=l>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+_JUMP_HEAD = [
+    "steps",
+    "ΔΦ",
+    "R (readout)",
+    "Γ (geometric)",
+    "X (cross)",
+    "verdict",
+    "margin v",
+    "ΔΦ predicted",
+    "error",
+]
+
+
+def _jumps_table(jumps: list[dict]) -> str:
+    body = ""
+    for jump in jumps:
+        verdict = "phantom" if jump["phantom"] else "geometric"
+        body += (
+            f"<tr><td>{jump['step_from']}→{jump['step']}</td><td>{jump['delta_phi']:+.3f}</td>"
+            f"<td>{jump['readout']:+.3f}</td><td>{jump['geometric']:+.2e}</td>"
+            f"<td>{jump['cross']:+.2e}</td>"
+            f"<td class=l><span class='badge {verdict}'>{verdict}</span></td>"
+            f"<td>{jump['margin_velocity']:.2f}</td><td>{jump['predicted_delta_phi']:+.3f}</td>"
+            f"<td>{jump['prediction_error']:+.0%}</td></tr>"
+        )
+    head = "".join(f"<th>{_e(h)}</th>" for h in _JUMP_HEAD)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _outcome_rule(events: dict) -> str:
+    detail, thresholds = events["outcome_detail"], events["thresholds"]
+    return (
         f"<p class=note>Outcome rule: the drag changed by {detail['drag_change']:+.4f} "
         f"(structural below −{thresholds['drag_worsening']}); the loss fell by "
         f"{detail['loss_drop_fraction']:.0%} "
@@ -155,16 +153,39 @@ def _run_section(index: int, run_dir: Path, summary: dict, trajectory: pd.DataFr
         f"share ≥ {thresholds['jump_min_share']}; "
         f"phantom when |R| ≥ {thresholds['phantom_fraction']}·|ΔΦ|.</p>"
     )
+
+
+def _run_section(index: int, run_dir: Path, summary: dict, trajectory: pd.DataFrame, events: dict) -> str:
+    from phantomlens.plot import trajectory_figure
+
+    ctx = summary["context"]
+    outcome = events["outcome"]
+    image = _png(trajectory_figure(trajectory, summary, events["jumps"]))
+    silent = " <span class='badge kinematic'>silent</span>" if events["silent"] else ""
+    parts = [
+        f"<h2>Run {index}: “{_e(ctx['text'])}” → <code>{_e(ctx['target'])}</code> "
+        f"vs <code>{_e(ctx['competitor'])}</code></h2>",
+        f"<p><span class='badge {_e(outcome)}'>{_e(outcome)}</span>{silent} "
+        f"{events['n_jumps']} jump(s), {events['n_phantom_jumps']} phantom(s).</p>",
+        _facts_table(run_dir, summary),
+        f"<img alt='trajectory of run {index}' src='{image}'>",
+    ]
+    frozen = bool(events["frozen_geometry"]["embeddings_unchanged"])
+    if events["jumps"]:
+        parts.append(_jumps_table(events["jumps"]))
+        parts += [f"<p class=note>{explain_jump(jump, frozen)}</p>" for jump in events["jumps"]]
+    else:
+        parts.append("<p class=note>No catapult-like jump: Φ changed smoothly throughout.</p>")
+    parts.append(_outcome_rule(events))
     return "\n".join(parts)
 
 
-def _overlay(runs: list[tuple[Path, dict, pd.DataFrame, dict]]) -> str:
-    import matplotlib
+def overlay_figure(runs: list[Run]) -> Figure:
+    """Loss, margin and Φ of several runs on shared panels, one line per run."""
+    from phantomlens.plot import new_figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
+    fig = new_figure(figsize=(14, 4), layout="constrained")
+    axes = fig.subplots(1, 3)
     for index, (_, summary, trajectory, _) in enumerate(runs, start=1):
         label = f"{index}: {_label(summary)}"
         axes[0].plot(trajectory["step"], trajectory["loss"], label=label)
@@ -176,24 +197,28 @@ def _overlay(runs: list[tuple[Path, dict, pd.DataFrame, dict]]) -> str:
         axis.grid(alpha=0.25)
     axes[1].axhline(0, color="grey", lw=0.8, ls="--")
     axes[2].legend(fontsize=7, loc="best")
-    return f"<h2>Overlay of {len(runs)} runs</h2><img alt='overlay of all runs' src='{_png(fig)}'>"
+    return fig
 
 
-def build_report(run_dirs: list[str | Path]) -> str:
-    from phantomlens import __version__
-    from phantomlens.rundir import reanalyze
+def _overlay(runs: list[Run]) -> str:
+    image = _png(overlay_figure(runs))
+    return f"<h2>Overlay of {len(runs)} runs</h2><img alt='overlay of all runs' src='{image}'>"
+
+
+def load_runs(run_dirs: list[str | Path]) -> list[Run]:
+    """Each run's summary, trajectory and events, validated on reading (so every number in the page
+    is a number); runs stored without events.json are analysed in memory, not rewritten."""
+    from phantomlens.rundir import RunResult
 
     runs = []
     for run_dir in map(Path, run_dirs):
-        summary, trajectory = read_run(run_dir)
-        events_path = run_dir / EVENTS_FILE
-        if events_path.is_file():
-            import json
+        result = RunResult.load(run_dir)
+        runs.append((run_dir, result.summary.to_dict(), result.trajectory, result.events.to_dict()))
+    return runs
 
-            events = json.loads(events_path.read_text())
-        else:
-            summary, events = reanalyze(run_dir)
-        runs.append((run_dir, summary, trajectory, events))
+
+def build_report(run_dirs: list[str | Path]) -> str:
+    runs = load_runs(run_dirs)
     sections = [_run_section(i, *run) for i, run in enumerate(runs, start=1)]
     if len(runs) > 1:
         sections.insert(0, _overlay(runs))

@@ -1,65 +1,124 @@
-"""A run directory: config.json, trajectory.parquet, summary.json, trajectory.png.
+"""A run's result and its directory: config.json, trajectory.parquet, summary.json, events.json, plot.
 
-The directory is filled in a hidden staging folder and renamed into place at the end, so it is
-either complete or absent. ``summary.json`` is the marker of a complete run.
+``RunResult`` is what ``finetune`` returns and what ``RunResult.load`` reads back, with the shape
+of torch-lr-finder's result: ``save``, ``load``, ``analyze`` and ``plot(ax=None)``. The directory is
+filled in a hidden staging folder and renamed into place at the end, so it is either complete or
+absent; ``summary.json`` is the marker of a complete run. Every file is validated on the way in
+and out by ``phantomlens.results``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from phantomlens.atomic import staged_directory, write_json_atomic
+from phantomlens.results import (
+    CONFIG_FILE,
+    EVENTS_FILE,
+    PLOT_FILE,
+    SUMMARY_FILE,
+    TRAJECTORY_FILE,
+    RunEvents,
+    RunSummary,
+    load_run_dir,
+)
 
-from phantomlens.atomic import read_json, staged_directory, write_json_atomic
-from phantomlens.errors import PhantomLensError
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
-CONFIG_FILE = "config.json"
-TRAJECTORY_FILE = "trajectory.parquet"
-SUMMARY_FILE = "summary.json"
-EVENTS_FILE = "events.json"
-PLOT_FILE = "trajectory.png"
-
-
-def write_run(out: Path, config, result, overwrite: bool = False) -> Path:
-    from phantomlens.plot import plot_trajectory
-
-    with staged_directory(out, overwrite=overwrite) as staging:
-        write_json_atomic(
-            staging / CONFIG_FILE,
-            {**config.to_dict(), "context_resolved": result.summary["context"]},
-        )
-        result.trajectory.to_parquet(staging / TRAJECTORY_FILE, index=False)
-        plot_trajectory(result.trajectory, result.summary, staging / PLOT_FILE, result.events.get("jumps"))
-        write_json_atomic(staging / EVENTS_FILE, result.events)
-        summary = {**result.summary, "out_dir": str(out)}
-        write_json_atomic(staging / SUMMARY_FILE, summary)
-    return out
+    from phantomlens.settings import AnalysisConfig, RunConfig
 
 
-def reanalyze(run_dir: str | Path, config=None) -> tuple[dict, dict]:
-    """Re-run the transitions analysis on a stored run; rewrite events.json, summary.json and the plot."""
-    from phantomlens.plot import plot_trajectory
-    from phantomlens.transitions import analyze, summary_fields
+@dataclass
+class RunResult:
+    """A finished run: its per-step trajectory, its summary and its transitions analysis."""
+
+    summary: RunSummary
+    trajectory: pd.DataFrame
+    events: RunEvents
+    out_dir: Path | None = None
+
+    @property
+    def status(self) -> str:
+        return self.summary.status
+
+    @property
+    def outcome(self) -> str:
+        return self.summary.outcome
+
+    @property
+    def flipped(self) -> bool:
+        return self.summary.flipped
+
+    @property
+    def notes(self) -> list[str]:
+        return self.summary.notes
+
+    @property
+    def config(self) -> RunConfig:
+        return self.summary.run_config()
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunResult:
+        """Read a complete run directory (a run stored before events.json existed is analysed)."""
+        summary, trajectory, events = load_run_dir(run_dir)
+        result = cls(summary, trajectory, events, Path(run_dir))  # type: ignore[arg-type]
+        return result.analyze() if events is None else result
+
+    def analyze(self, config: AnalysisConfig | None = None) -> RunResult:
+        """The same run with its transitions analysis redone under ``config`` (nothing is written)."""
+        from phantomlens.transitions import analyze
+
+        events = RunEvents.from_dict(analyze(self.trajectory, self.summary.to_dict(), config))
+        return RunResult(self.summary.analysed(events), self.trajectory, events, self.out_dir)
+
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """The six-panel figure of the run; with ``ax``, only the margin panel, drawn on ``ax``."""
+        from phantomlens.plot import plot_margin, trajectory_figure
+
+        if ax is not None:
+            plot_margin(self.trajectory, ax, flip_step=self.summary.flip_step)
+            return ax.figure
+        jumps = [jump.to_dict() for jump in self.events.jumps]
+        return trajectory_figure(self.trajectory, self.summary.to_dict(), jumps)
+
+    def save(self, out: str | Path, *, overwrite: bool = False, config: RunConfig | None = None) -> Path:
+        """Write the run directory ``out`` atomically (``config``: the settings to store, by default
+        the summary's)."""
+        from phantomlens.plot import plot_trajectory
+
+        out = Path(out)
+        config = config or self.config
+        summary = self.summary.replace(out_dir=str(out))
+        with staged_directory(out, overwrite=overwrite) as staging:
+            context = summary.context.to_dict()
+            write_json_atomic(staging / CONFIG_FILE, {**config.to_dict(), "context_resolved": context})
+            self.trajectory.to_parquet(staging / TRAJECTORY_FILE, index=False)
+            jumps = [jump.to_dict() for jump in self.events.jumps]
+            plot_trajectory(self.trajectory, summary.to_dict(), staging / PLOT_FILE, jumps)
+            self.events.write(staging / EVENTS_FILE)
+            summary.write(staging / SUMMARY_FILE)
+        self.summary, self.out_dir = summary, out
+        return out
+
+
+def reanalyze(run_dir: str | Path, config: AnalysisConfig | None = None) -> RunResult:
+    """Re-run the transitions analysis on a stored run; rewrite events.json, summary.json and the plot.
+
+    Everything is read and validated, and the new analysis computed, before anything is written.
+    """
+    from phantomlens.atomic import write_bytes_atomic
+    from phantomlens.plot import figure_png
 
     run_dir = Path(run_dir)
-    summary, trajectory = read_run(run_dir)
-    events = analyze(trajectory, summary, config)
-    summary.update(summary_fields(events))
-    write_json_atomic(run_dir / EVENTS_FILE, events)
-    plot_trajectory(trajectory, summary, run_dir / PLOT_FILE, events["jumps"])
-    write_json_atomic(run_dir / SUMMARY_FILE, summary)
-    return summary, events
-
-
-def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame]:
-    """(summary, trajectory) of a complete run directory, or a one-line error."""
-    run_dir = Path(run_dir)
-    summary_path = run_dir / SUMMARY_FILE
-    trajectory_path = run_dir / TRAJECTORY_FILE
-    if not run_dir.is_dir():
-        raise PhantomLensError(f"run directory {run_dir} does not exist")
-    if not summary_path.is_file() or not trajectory_path.is_file():
-        raise PhantomLensError(
-            f"{run_dir} is not a complete phantomlens run (no {SUMMARY_FILE} or {TRAJECTORY_FILE})"
-        )
-    return read_json(summary_path, "run summary"), pd.read_parquet(trajectory_path)
+    summary, trajectory, _ = load_run_dir(run_dir, events=False)
+    result = RunResult(summary, trajectory, None, run_dir).analyze(config)  # type: ignore[arg-type]
+    png = figure_png(result.plot())
+    result.events.write(run_dir / EVENTS_FILE)
+    write_bytes_atomic(run_dir / PLOT_FILE, png)
+    result.summary.write(run_dir / SUMMARY_FILE)
+    return result

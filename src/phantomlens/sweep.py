@@ -1,4 +1,4 @@
-"""Critical-LR sweeps (METHOD.md §9): bracket then bisect in log-LR, resumable, local or Ray.
+"""Critical-LR sweeps (docs/critical-lr.md): bracket then bisect in log-LR, resumable, local or Ray.
 
 η_c is the smallest peak LR whose run ends in ``success``; η_max the smallest that diverges.
 The next LR to try is a pure function of the runs already recorded (``plan``), so a sweep that
@@ -26,46 +26,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from phantomlens.atomic import write_bytes_atomic, write_json_atomic
-from phantomlens.config import JsonConfig, option
+from phantomlens.atomic import check_output_dir, write_bytes_atomic, write_json_atomic
 from phantomlens.errors import PhantomLensError
+from phantomlens.results import DIVERGED, SUCCESS, SweepRunRecord, SweepSummary, load_sweep_record
+from phantomlens.settings import DEFAULT_LR, RunConfig, SweepConfig
 
-SUCCESS, FAILURE, DIVERGED = "success", "failure", "diverged"
-
-
-@dataclass
-class SweepConfig(JsonConfig):
-    """A critical-LR sweep: which runs, how they are searched, where they execute."""
-
-    model: str = option("smollm2-135m", "model (built-in name, local directory, .gguf or hub id)")
-    contexts: list[str] | None = option(None, "built-in context names (default: all built-in contexts)")
-    mode: str = option("full", "full or LoRA fine-tuning", choices=("full", "lora"))
-    steps: int = option(50, "steps per run (T)")
-    schedule: str = option("cosine", "LR schedule", choices=("cosine", "constant"))
-    optimizer: str = option("adamw", "optimiser", choices=("adamw", "sgd"))
-    seed: int = option(0, "random seed of every run")
-    tolerance: float = option(0.01, "stop bisecting when the bracket's high/low ratio is ≤ 1 + tolerance")
-    factor: float = option(
-        4.0, "bracketing step: multiply or divide the LR by this until the outcome changes"
-    )
-    start_lr: float | None = option(
-        None, "first LR tried (default: the κ = 1 prediction, else the mode's default)"
-    )
-    min_lr: float = option(1e-10, "never try below this LR")
-    max_lr: float = option(10.0, "never try above this LR")
-    eta_max: bool = option(True, "also bisect the divergence limit η_max")
-    grid: list[float] | None = option(
-        None,
-        "run exactly these peak LRs on every context (a phase diagram, DIR/grid.parquet) "
-        "instead of searching η_c",
-    )
-    backend: str = option("local", "where runs execute", choices=("local", "ray"))
-    workers: int | None = option(None, "parallel runs (default: one per two CPU cores)")
-    device: str = option("auto", "where each run executes: auto (CUDA when visible), cpu, cuda, cuda:N")
+__all__ = ["Sweep", "SweepConfig", "plan", "sweep"]
 
 
-#: The settings every record of one sweep directory must share.
-RUN_SETTINGS = ("model", "mode", "steps", "schedule", "optimizer", "seed")
+#: Run settings that may differ between the records of one sweep directory: everything else must match.
+PER_RECORD = ("context", "lr", "device")
 
 #: What a grid's table keeps of each run record.
 GRID_FIELDS = (
@@ -106,70 +76,85 @@ def plan(records: dict[float, str], start: float, config: SweepConfig) -> Plan:
     """The next LR to run, or the result when the search is complete (pure: replayable)."""
     if not records:
         return Plan(next_lr=lr_key(start))
-    tried = sorted(records)
-    success = [lr for lr in tried if records[lr] == SUCCESS]
-    diverged = [lr for lr in tried if records[lr] == DIVERGED]
-    ratio = 1 + config.tolerance
+    search = _Search(records, config)
+    found = search.eta_c()
+    if found.next_lr is not None:
+        return found
+    return search.eta_max(found)
 
-    def propose(lr: float) -> float | None:
+
+class _Search:
+    """The two phases of ``plan`` over one set of records."""
+
+    def __init__(self, records: dict[float, str], config: SweepConfig) -> None:
+        self.records, self.config = records, config
+        self.tried = sorted(records)
+        self.success = [lr for lr in self.tried if records[lr] == SUCCESS]
+        self.diverged = [lr for lr in self.tried if records[lr] == DIVERGED]
+        self.ratio = 1 + config.tolerance
+
+    def propose(self, lr: float) -> float | None:
         lr = lr_key(lr)
-        if lr in records or not (config.min_lr <= lr <= config.max_lr):
+        if lr in self.records or not (self.config.min_lr <= lr <= self.config.max_lr):
             return None
         return lr
 
-    def mid(low: float, high: float) -> float | None:
-        return propose(math.sqrt(low * high))
+    def narrow(self, low: float, high: float) -> float | None:
+        """The geometric midpoint of a bracket still wider than the tolerance, if it can be tried."""
+        return self.propose(math.sqrt(low * high)) if high / low > self.ratio else None
 
-    result = Plan(next_lr=None)
-    # Phase 1: η_c, the lowest success, bracketed from below by the highest non-success under it.
-    if success:
-        high = success[0]
-        below = [lr for lr in tried if lr < high]
-        if not below:
-            nxt = propose(high / config.factor)
-            if nxt is not None:
+    def below(self, lr: float) -> list[float]:
+        return [x for x in self.tried if x < lr]
+
+    def eta_c(self) -> Plan:
+        """Phase 1: η_c, the lowest success, bracketed from below by the highest non-success under it."""
+        config, result = self.config, Plan(next_lr=None)
+        if self.success:
+            high = self.success[0]
+            below = self.below(high)
+            if not below:
+                if (nxt := self.propose(high / config.factor)) is not None:
+                    return Plan(next_lr=nxt)
+                result.note = f"succeeds at the lowest LR allowed ({config.min_lr:g})"
+                result.eta_c, result.bracket_high = high, high
+                return result
+            if (nxt := self.narrow(below[-1], high)) is not None:
                 return Plan(next_lr=nxt)
-            result.note = f"succeeds at the lowest LR allowed ({config.min_lr:g})"
-            result.eta_c, result.bracket_high = high, high
-        else:
-            low = below[-1]
-            if high / low > ratio and (nxt := mid(low, high)) is not None:
-                return Plan(next_lr=nxt)
-            result.eta_c, result.bracket_low, result.bracket_high = high, low, high
-    elif diverged:
-        first_div = diverged[0]
-        below = [lr for lr in tried if lr < first_div]
-        if not below:
-            nxt = propose(first_div / config.factor)
-            if nxt is not None:
-                return Plan(next_lr=nxt)
-            result.note = "diverges at the lowest LR allowed"
-        else:
-            low = below[-1]
-            if first_div / low > ratio and (nxt := mid(low, first_div)) is not None:
+            result.eta_c, result.bracket_low, result.bracket_high = high, below[-1], high
+        elif self.diverged:
+            below = self.below(self.diverged[0])
+            if not below:
+                if (nxt := self.propose(self.diverged[0] / config.factor)) is not None:
+                    return Plan(next_lr=nxt)
+                result.note = "diverges at the lowest LR allowed"
+            elif (nxt := self.narrow(below[-1], self.diverged[0])) is not None:
                 return Plan(next_lr=nxt)  # is there a success between failing and diverging?
-            result.note = "no LR below the divergence limit flips within T"
-    else:
-        nxt = propose(tried[-1] * config.factor)
-        if nxt is not None:
+            else:
+                result.note = "no LR below the divergence limit flips within T"
+        elif (nxt := self.propose(self.tried[-1] * config.factor)) is not None:
             return Plan(next_lr=nxt)
-        result.note = f"no success up to the highest LR allowed ({config.max_lr:g})"
-    # Phase 2: η_max, the lowest divergence, bracketed by the highest non-diverged run under it.
-    if diverged:
-        first_div = diverged[0]
-        below = [lr for lr in tried if lr < first_div]
-        if below and config.eta_max:
-            low = below[-1]
-            if first_div / low > ratio and (nxt := mid(low, first_div)) is not None:
+        else:
+            result.note = f"no success up to the highest LR allowed ({config.max_lr:g})"
+        return result
+
+    def eta_max(self, result: Plan) -> Plan:
+        """Phase 2: η_max, the lowest divergence, bracketed by the highest non-diverged run under it."""
+        config = self.config
+        if self.diverged:
+            first = self.diverged[0]
+            below = self.below(first)
+            if below and config.eta_max:
+                if (nxt := self.narrow(below[-1], first)) is not None:
+                    return Plan(next_lr=nxt, **_fields(result))
+                result.eta_max_low = below[-1]
+            result.eta_max = first
+        elif config.eta_max and result.eta_c is not None:
+            if (nxt := self.propose(self.tried[-1] * config.factor)) is not None:
                 return Plan(next_lr=nxt, **_fields(result))
-            result.eta_max_low = low
-        result.eta_max = first_div
-    elif config.eta_max and result.eta_c is not None:
-        nxt = propose(tried[-1] * config.factor)
-        if nxt is not None:
-            return Plan(next_lr=nxt, **_fields(result))
-        result.note = (result.note + "; " if result.note else "") + f"no divergence up to {config.max_lr:g}"
-    return result
+            result.note = (
+                result.note + "; " if result.note else ""
+            ) + f"no divergence up to {config.max_lr:g}"
+        return result
 
 
 def _fields(result: Plan) -> dict:
@@ -195,46 +180,18 @@ def execute(task: dict) -> dict:
 
     if task.get("threads"):
         torch.set_num_threads(task["threads"])
-    from phantomlens.train import RunConfig, finetune
+    from phantomlens.train import finetune
 
-    base, tokenizer = _model(task["model"], task["run"].get("device", "auto"))
-    config = RunConfig(**task["run"])
+    config = RunConfig.from_dict(task["run"])
+    base, tokenizer = _model(config.model, config.device)
     if task["kind"] == "predict":
         from phantomlens.predict import predict_critical_lr
 
         return predict_critical_lr(config, model=base, tokenizer=tokenizer).to_dict()
     started = time.perf_counter()
     result = finetune(config, model=copy.deepcopy(base), tokenizer=tokenizer, progress=False)
-    s = result.summary
-    detail = result.events["outcome_detail"]
-    return {
-        "lr": task["run"]["lr"],
-        "verdict": SUCCESS
-        if s["outcome"] == "success"
-        else DIVERGED
-        if s["outcome"] == "diverged"
-        else FAILURE,
-        "outcome": s["outcome"],
-        "silent": s["silent"],
-        "status": s["status"],
-        "flipped": s["flipped"],
-        "flip_step": s["flip_step"],
-        "flipped_at_end": s["flipped_at_end"],
-        "steps_completed": s["steps_completed"],
-        "margin_initial": s["margin_initial"],
-        "margin_final": s["margin_final"],
-        "loss_initial": s["loss_initial"],
-        "loss_final": s["loss_final"],
-        "drag_change": detail["drag_change"],
-        "signal_max": detail["signal_max"],
-        "n_jumps": s["n_jumps"],
-        "n_phantom_jumps": s["n_phantom_jumps"],
-        "embeddings_unchanged": s["embeddings_unchanged"],
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "device": s["device"],
-        "run": task["run"],
-        "model": task["model"],
-    }
+    wall = time.perf_counter() - started
+    return SweepRunRecord.from_run(result.summary, result.events, task["run"], wall).to_dict()
 
 
 class _Backend:
@@ -289,74 +246,64 @@ class Sweep:
 
     def __init__(self, config: SweepConfig, out: str | Path) -> None:
         from phantomlens.contexts import builtin_contexts, get_context
+        from phantomlens.models import resolve_device
 
         self.config = config
         self.out = Path(out)
+        if self.out.exists() and not self.out.is_dir():
+            raise PhantomLensError(f"sweep directory {self.out} is a file; choose another --out")
+        check_output_dir(self.out, overwrite=True)  # an existing sweep directory is resumed
         names = config.contexts or [c.name for c in builtin_contexts()]
         self.contexts = [get_context(name).name for name in names]
-        if config.steps < 1 or not 0 < config.tolerance < 1 or config.factor <= 1:
-            raise PhantomLensError("need --steps ≥ 1, 0 < --tolerance < 1 and --factor > 1")
-        if config.grid is not None and not all(math.isfinite(lr) and lr > 0 for lr in config.grid):
-            raise PhantomLensError(f"--grid takes positive learning rates, got {config.grid}")
-        from phantomlens.models import resolve_device
-
-        resolve_device(config.device)  # an unusable device fails here, not in every worker
-        self.model_tag = _safe(Path(config.model).name if os.path.exists(config.model) else config.model)
+        resolve_device(config.run.device)  # an unusable device fails here, not in every worker
+        model = config.run.model
+        self.model_tag = _safe(Path(model).name if os.path.exists(model) else model)
 
     def run_dir(self, context: str) -> Path:
-        return self.out / "runs" / self.model_tag / self.config.mode / context
+        return self.out / "runs" / self.model_tag / self.config.run.mode / context
 
     def prediction_path(self, context: str) -> Path:
-        return self.out / "predictions" / self.model_tag / self.config.mode / f"{context}.json"
+        return self.out / "predictions" / self.model_tag / self.config.run.mode / f"{context}.json"
 
-    def records(self, context: str) -> dict[float, dict]:
-        import json
+    def records(self, context: str) -> dict[float, SweepRunRecord]:
+        return {lr_key(r.lr): r for r in map(load_sweep_record, self.run_dir(context).glob("lr=*.json"))}
 
-        found = {}
-        for path in self.run_dir(context).glob("lr=*.json"):
-            try:
-                record = json.loads(path.read_text())
-            except ValueError:
-                continue  # cannot happen with atomic writes; ignore rather than trust it
-            found[lr_key(record["lr"])] = record
-        return found
-
-    def _run_settings(self, context: str, lr: float | None = None) -> dict:
-        c = self.config
-        run = {
-            "context": context,
-            "mode": c.mode,
-            "steps": c.steps,
-            "schedule": c.schedule,
-            "optimizer": c.optimizer,
-            "seed": c.seed,
-            "model": c.model,
-            "device": c.device,
-        }
-        if lr is not None:
-            run["lr"] = lr
+    def run_settings(self, context: str, lr: float | None = None) -> dict:
+        """The full settings of one run of this sweep (what its record stores under ``run``)."""
+        run = self.config.run.replace(context=context, lr=lr).to_dict()
+        if lr is None:
+            run["lr"] = None  # a prediction's task: no LR to resolve
         return run
 
     def check_compatible(self) -> None:
-        """Refuse to add runs to a directory whose records were made with other run settings."""
-        import json
+        """Refuse to add runs to a directory whose records were made with other run settings.
+
+        The records are the evidence (each carries its run's settings), so a missing or damaged
+        sweep.json cannot let a resume mix settings.
+        """
+        now = _flat(self.config.run.to_dict())
+        for path in sorted((self.out / "runs").glob("*/*/*/lr=*.json")):
+            before = _flat(load_sweep_record(path).run)
+            changed = [k for k in before if k not in PER_RECORD and k in now and before[k] != now[k]]
+            if changed:
+                what = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
+                raise PhantomLensError(
+                    f"{self.out} holds runs made with other settings ({what}; e.g. {path.name} of "
+                    f"{path.parent.name}); use another --out, or the same settings to resume it"
+                )
+        self._check_kind()
+
+    def _check_kind(self) -> None:
+        from phantomlens.atomic import read_json
 
         path = self.out / "sweep.json"
         if not path.is_file():
             return
-        try:
-            before = json.loads(path.read_text())
-        except ValueError:
-            return  # written atomically, so this is not ours; the records speak for themselves
-        now = self.config.to_dict()
-        changed = [k for k in RUN_SETTINGS if k in before and before[k] != now[k]]
-        if bool(before.get("grid")) != bool(now["grid"]):
-            changed.append("grid (a grid and a search)")
-        if changed:
-            what = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed if k in now)
+        before = read_json(path, "sweep settings", "delete it to resume from the records alone")
+        if isinstance(before, dict) and bool(before.get("grid")) != bool(self.config.grid):
             raise PhantomLensError(
-                f"{self.out} holds a sweep made with other settings ({what or changed[0]}); "
-                "use another --out, or the same settings to resume it"
+                f"{self.out} holds a {'grid' if before.get('grid') else 'search'}, not a "
+                f"{'grid' if self.config.grid else 'search'}; use another --out"
             )
 
     def next_runs(self, context: str, in_flight: set) -> list[float]:
@@ -367,23 +314,23 @@ class Sweep:
             return [lr for lr in wanted if lr not in records and lr not in in_flight]
         if in_flight:
             return []
-        step = plan({lr: r["verdict"] for lr, r in records.items()}, self.start_lr(context), self.config)
+        step = plan({lr: r.verdict for lr, r in records.items()}, self.start_lr(context), self.config)
         return [] if step.next_lr is None else [step.next_lr]
 
+    def prediction(self, context: str) -> dict:
+        from phantomlens.atomic import read_json
+
+        path = self.prediction_path(context)
+        return read_json(path, "stored prediction") if path.is_file() else {}
+
     def start_lr(self, context: str) -> float:
-        import json
-
-        from phantomlens.train import DEFAULT_LR
-
         if self.config.start_lr:
             return self.config.start_lr
-        path = self.prediction_path(context)
-        if path.is_file():
-            prediction = json.loads(path.read_text())
-            eta = prediction.get("eta_c_simulated") or prediction.get("eta_c")
-            if eta and eta > 0:
-                return eta
-        return DEFAULT_LR[self.config.mode]
+        prediction = self.prediction(context)
+        eta = prediction.get("eta_c_simulated") or prediction.get("eta_c")
+        if eta and eta > 0:
+            return min(max(eta, self.config.min_lr), self.config.max_lr)
+        return DEFAULT_LR[self.config.run.mode]
 
     def run(self, progress: bool | None = None) -> pd.DataFrame:
         from tqdm.auto import tqdm
@@ -393,105 +340,92 @@ class Sweep:
         write_json_atomic(self.out / "sweep.json", self.config.to_dict())
         backend = _Backend(self.config)
         bar = tqdm(
-            desc=f"sweep {self.model_tag} {self.config.mode}",
+            desc=f"sweep {self.model_tag} {self.config.run.mode}",
             unit="run",
             disable=None if progress is None else not progress,
         )
-        pending: dict[cf.Future, tuple[str, str, float | None]] = {}
-        busy: dict[str, set] = {}  # context -> LRs in flight (None: its prediction)
         try:
-            if not self.config.start_lr and not self.config.grid:
-                for context in self.contexts:
-                    if not self.prediction_path(context).is_file():
-                        task = {
-                            "kind": "predict",
-                            "model": self.config.model,
-                            "run": self._run_settings(context),
-                        }
-                        pending[backend.submit(task)] = ("predict", context, None)
-                        busy[context] = {None}
-            while True:
-                for context in self.contexts:
-                    for lr in self.next_runs(context, busy.get(context, set())):
-                        run = self._run_settings(context, lr)
-                        task = {"kind": "run", "model": self.config.model, "run": run}
-                        pending[backend.submit(task)] = ("run", context, lr)
-                        busy.setdefault(context, set()).add(lr)
-                if not pending:
-                    break
-                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    kind, context, lr = pending.pop(future)
-                    busy[context].discard(lr)
-                    try:
-                        result = future.result()
-                    except Exception as exc:  # a worker died (memory, a kill) or a run raised
-                        what = f"the {kind} of {context}" + (f" at lr {lr:.4g}" if lr else "")
-                        raise PhantomLensError(
-                            f"{what} failed in its worker ({type(exc).__name__}: {exc}); finished runs "
-                            "are kept: rerun the same command to resume"
-                        ) from None
-                    if kind == "predict":
-                        write_json_atomic(self.prediction_path(context), result)
-                    else:
-                        write_json_atomic(self.run_dir(context) / f"lr={lr_key(lr):.10g}.json", result)
-                        bar.update(1)
-                        bar.set_postfix(context=context, lr=f"{lr:.3g}", outcome=result["outcome"])
-                self.write_results()
+            self._drive(backend, bar)
         finally:
             bar.close()
             backend.close()
         return self.write_results()
 
+    def _drive(self, backend: _Backend, bar) -> None:
+        """Submit what the records call for, collect results as they finish, until nothing is left."""
+        pending: dict[cf.Future, tuple[str, str, float | None]] = {}
+        busy: dict[str, set] = {}  # context -> LRs in flight (None: its prediction)
+        if not self.config.start_lr and not self.config.grid:
+            for context in self.contexts:
+                if not self.prediction_path(context).is_file():
+                    task = {"kind": "predict", "run": self.run_settings(context)}
+                    pending[backend.submit(task)] = ("predict", context, None)
+                    busy[context] = {None}
+        while True:
+            for context in self.contexts:
+                for lr in self.next_runs(context, busy.get(context, set())):
+                    task = {"kind": "run", "run": self.run_settings(context, lr)}
+                    pending[backend.submit(task)] = ("run", context, lr)
+                    busy.setdefault(context, set()).add(lr)
+            if not pending:
+                return
+            done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                kind, context, lr = pending.pop(future)
+                busy[context].discard(lr)
+                self._store(kind, context, lr, _result(future, kind, context, lr), bar)
+            self.write_results()
+
+    def _store(self, kind: str, context: str, lr: float | None, result: dict, bar) -> None:
+        if kind == "predict":
+            write_json_atomic(self.prediction_path(context), result)
+            return
+        SweepRunRecord.from_dict(result).write(self.run_dir(context) / f"lr={lr_key(lr):.10g}.json")
+        bar.update(1)
+        bar.set_postfix(context=context, lr=f"{lr:.3g}", outcome=result["outcome"])
+
     def grid_results(self) -> pd.DataFrame:
         """One row per (context, LR) run of a grid: the phase diagram's cells."""
-        rows = []
-        for context in self.contexts:
-            for lr, r in sorted(self.records(context).items()):
-                rows.append(
-                    {
-                        "model": self.config.model,
-                        "context": context,
-                        "mode": self.config.mode,
-                        "lr": lr,
-                        **{k: r.get(k) for k in GRID_FIELDS},
-                    }
-                )
+        run = self.config.run
+        rows = [
+            {
+                "model": run.model,
+                "context": context,
+                "mode": run.mode,
+                "lr": lr,
+                **{k: getattr(r, k) for k in GRID_FIELDS},
+            }
+            for context in self.contexts
+            for lr, r in sorted(self.records(context).items())
+        ]
         return pd.DataFrame(rows, columns=["model", "context", "mode", "lr", *GRID_FIELDS])
 
     def results(self) -> pd.DataFrame:
-        import json
-
+        """One row per context: the measured η_c and η_max brackets beside the κ = 1 predictions."""
+        run = self.config.run
         rows = []
         for context in self.contexts:
             records = self.records(context)
-            step = plan({lr: r["verdict"] for lr, r in records.items()}, self.start_lr(context), self.config)
-            prediction = {}
-            if self.prediction_path(context).is_file():
-                prediction = json.loads(self.prediction_path(context).read_text())
+            step = plan({lr: r.verdict for lr, r in records.items()}, self.start_lr(context), self.config)
+            prediction = self.prediction(context)
             rows.append(
                 {
-                    "model": self.config.model,
+                    "model": run.model,
                     "context": context,
-                    "mode": self.config.mode,
-                    "optimizer": self.config.optimizer,
-                    "schedule": self.config.schedule,
-                    "steps": self.config.steps,
-                    "eta_c": step.eta_c,
-                    "bracket_low": step.bracket_low,
-                    "bracket_high": step.bracket_high,
-                    "eta_max": step.eta_max,
+                    "mode": run.mode,
+                    "optimizer": run.optimizer,
+                    "schedule": run.schedule,
+                    "steps": run.steps,
+                    **{k: getattr(step, k) for k in ("eta_c", "bracket_low", "bracket_high", "eta_max")},
                     "eta_max_low": step.eta_max_low,
                     "runs_used": len(records),
                     "complete": step.next_lr is None,
                     "note": step.note,
-                    "margin_initial": prediction.get("margin_initial"),
-                    "margin_velocity": prediction.get("margin_velocity"),
-                    "schedule_sum": prediction.get("schedule_sum"),
+                    **{k: prediction.get(k) for k in ("margin_initial", "margin_velocity", "schedule_sum")},
                     "eta_c_predicted_kappa1": prediction.get("eta_c_first_order", prediction.get("eta_c")),
                     "eta_c_predicted_sim_kappa1": prediction.get("eta_c_simulated"),
                     "eta_c_predicted_two_point_kappa1": prediction.get("eta_c_two_point"),
-                    "steps_run": int(sum(r["steps_completed"] for r in records.values())),
+                    "steps_run": int(sum(r.steps_completed for r in records.values())),
                 }
             )
         return pd.DataFrame(rows)
@@ -511,20 +445,36 @@ class Sweep:
         buffer = io.BytesIO()
         table.to_parquet(buffer, index=False)
         write_bytes_atomic(self.out / name, buffer.getvalue())
-        write_json_atomic(
-            self.out / "summary.json",
-            {
-                "config": self.config.to_dict(),
-                "complete": complete,
-                "results": table.to_dict(orient="records"),
-            },
+        rows = table.to_dict(orient="records")
+        SweepSummary(config=self.config.to_dict(), complete=complete, results=rows).write(
+            self.out / "summary.json"
         )
         return table
+
+
+def _flat(run: dict) -> dict:
+    """A run-settings dict with its groups' fields at the top level (records of any age compare)."""
+    flat = {}
+    for key, value in run.items():
+        flat.update(value if isinstance(value, dict) else {key: value})
+    return flat
+
+
+def _result(future: cf.Future, kind: str, context: str, lr: float | None) -> dict:
+    try:
+        return future.result()
+    except Exception as exc:  # a worker died (memory, a kill) or a run raised
+        what = f"the {kind} of {context}" + (f" at lr {lr:.4g}" if lr else "")
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise PhantomLensError(
+            f"{what} failed in its worker ({type(exc).__name__}: {message}); finished runs "
+            "are kept: rerun the same command to resume"
+        ) from None
 
 
 def sweep(
     config: SweepConfig | None = None, out: str | Path = "sweep", progress: bool | None = None, **overrides
 ):
     """Run (or resume) a sweep; returns the critical-LR table (also in ``out``/critical_lr.parquet)."""
-    config = SweepConfig(**{**(config.to_dict() if config else {}), **overrides})
+    config = (config or SweepConfig()).replace(**overrides)
     return Sweep(config, out).run(progress=progress)

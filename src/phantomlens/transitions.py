@@ -1,4 +1,6 @@
-"""Catapult-like jumps in Φ, the phantom test, jump-size prediction and run outcomes (METHOD.md §5-6).
+"""Catapult-like jumps in Φ, the phantom test, jump-size prediction and run outcomes.
+
+See docs/method.md, "Jumps, the phantom verdict and the symmetry-breaking check" and "Run outcomes".
 
 Everything here works on a recorded trajectory (the DataFrame of a run) and its summary; nothing
 touches a model. The decomposition ΔΦ = R + Γ + X was recorded at every step by the runner, so a
@@ -13,36 +15,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from phantomlens.config import JsonConfig, option
+from phantomlens.settings import AnalysisConfig
 
-
-@dataclass
-class AnalysisConfig(JsonConfig):
-    """Named thresholds of the transitions analysis. Each is stated in every analysis it produced."""
-
-    jump_min_abs: float = option(0.05, "a jump's |ΔΦ| must be at least this (Φ lies in [-1, 1])")
-    jump_min_z: float = option(
-        3.5, "…and at least this robust z-score against the run's step-to-step |ΔΦ| (median/MAD)"
-    )
-    jump_min_share: float = option(
-        0.4, "…and be sudden: at least this share of the total |ΔΦ| within ±jump_context steps"
-    )
-    jump_context: int = option(2, "steps on each side of a jump that its suddenness is judged against")
-    jump_max_window: int = option(2, "longest window of steps one jump may span (1 or 2)", choices=(1, 2))
-    phantom_fraction: float = option(
-        0.9, "a jump is a phantom when the readout part carries |R| ≥ this × |ΔΦ|"
-    )
-    symmetry_ratio: float = option(
-        3.0,
-        "symmetry breaking is flagged when |ΔG_cn| or ‖Δê‖ per unit LR at a jump exceeds this × its "
-        "median over the steps before the jump",
-    )
-    drag_worsening: float = option(
-        0.005, "structural failure: the drag fell by more than this from step 0 to the end"
-    )
-    silent_loss_drop: float = option(
-        0.1, "silent failure: no flip although the loss fell by at least this fraction"
-    )
+__all__ = ["AnalysisConfig", "Jump", "analyze", "detect_jumps", "summary_fields"]
 
 
 @dataclass
@@ -236,7 +211,7 @@ class Outcome:
 def classify_outcome(
     trajectory: pd.DataFrame, summary: dict, config: AnalysisConfig | None = None
 ) -> Outcome:
-    """success / kinematic / structural / diverged, and the silent flag (METHOD.md §5)."""
+    """success / kinematic / structural / diverged, and the silent flag (docs/method.md, 'Run outcomes')."""
     config = config or AnalysisConfig()
     finite = trajectory[np.isfinite(trajectory["loss"].to_numpy(dtype=float))]
     first, last = finite.iloc[0], finite.iloc[-1]

@@ -1,10 +1,10 @@
-"""Rebuild the built-in context set from scripts/context_candidates.json.
+"""Rebuild the built-in context set from tools/context_candidates.json.
 
 A candidate is kept when, for every built-in model, both words are single tokens and one of them
 out-ranks the other at step 0, in the same order for all models; the lower-ranked word becomes the
 target (the word fine-tuning must promote), the other the competitor.
 
-    python scripts/screen_contexts.py            # writes src/phantomlens/data/contexts.json
+    python -m tools.screen_contexts            # writes src/phantomlens/data/contexts.json
 """
 
 from __future__ import annotations
@@ -16,20 +16,24 @@ from pathlib import Path
 import torch
 
 from phantomlens.atomic import write_json_atomic
-from phantomlens.contexts import _with_space
+from phantomlens.contexts import _with_space, single_token_id
+from phantomlens.errors import PhantomLensError
+from phantomlens.forward import evaluation, last_token_logits
 from phantomlens.models import BUILTIN_MODELS, load_model
-from phantomlens.readout import evaluation, last_token_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def single_id(tokenizer, word: str) -> int | None:
-    ids = tokenizer.encode(word, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 else None
+    """The word's token id under the library's single-token rule, or None where it is not one token."""
+    try:
+        return single_token_id(tokenizer, word, "word")
+    except PhantomLensError:
+        return None
 
 
 def main() -> int:
-    candidates = json.loads((ROOT / "scripts" / "context_candidates.json").read_text())
+    candidates = json.loads((ROOT / "tools" / "context_candidates.json").read_text())
     order: dict[int, list[str | None]] = {i: [] for i in range(len(candidates))}
     for model_name in BUILTIN_MODELS:
         model, tokenizer = load_model(model_name)
@@ -70,7 +74,7 @@ def main() -> int:
     write_json_atomic(
         out,
         {
-            "about": "Built-in near-synonym contexts; regenerate with scripts/screen_contexts.py. "
+            "about": "Built-in near-synonym contexts; regenerate with `python -m tools.screen_contexts`. "
             "Valid for every built-in model: single-token words, competitor ranked above target.",
             "models": list(BUILTIN_MODELS),
             "contexts": kept,

@@ -1,0 +1,592 @@
+"""Typed stored results: a run's summary.json and events.json, a sweep's run records and summary.
+
+Each file has one dataclass with a JSON round trip in the PEFT-config style, ``from_dict(d)`` and
+``to_dict()``, such that ``X.from_dict(d).to_dict() == d`` for every file phantomlens has written.
+Construction validates every field against its annotation (and its allowed values), so a result
+that exists is a well-formed one; a bad field is a ``PhantomLensError`` that names it.
+
+Compatibility rules, in both directions:
+
+* fields added after files were first written (``newer()`` fields) default to ``None`` when a file
+  predates them and are then left out of ``to_dict()``, so an old file reads and rewrites as it was;
+* keys this version does not know are kept in ``extra`` and written back after the known ones, so a
+  file from a newer phantomlens is never silently truncated by an older one;
+* a missing required key, a wrong type or an unknown value of a closed set (``status``,
+  ``outcome``, ``verdict``) fails loudly. ``transitions.Jump`` and ``transitions.Outcome`` are reused
+  as they are and have no ``extra``: an unknown key inside a jump fails loudly too.
+
+Nested run and sweep settings (``RunSummary.config``, ``SweepRunRecord.run``, ``SweepSummary.config``)
+stay the plain dicts that were written, because their layout changed between versions (flat, then
+grouped); ``run_config()`` parses them into a ``RunConfig`` when wanted.
+
+Nothing heavy is imported here: pandas (the trajectory) and the transitions module (``Jump``,
+``Outcome``, which need numpy and pandas) are imported by the functions that need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from phantomlens.atomic import read_json, write_json_atomic
+from phantomlens.errors import PhantomLensError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from phantomlens.settings import RunConfig
+    from phantomlens.transitions import Jump, Outcome
+
+__all__ = [
+    "DIVERGED",
+    "FAILURE",
+    "SUCCESS",
+    "FrozenGeometry",
+    "RunContext",
+    "RunEvents",
+    "RunSummary",
+    "StoredResult",
+    "SweepRunRecord",
+    "SweepSummary",
+    "find_run_dirs",
+    "load_run_dir",
+    "load_run_events",
+    "load_run_summary",
+    "load_sweep_record",
+    "load_sweep_records",
+    "load_sweep_summary",
+    "load_trajectory",
+    "verdict_of",
+]
+
+CONFIG_FILE = "config.json"
+TRAJECTORY_FILE = "trajectory.parquet"
+SUMMARY_FILE = "summary.json"
+EVENTS_FILE = "events.json"
+PLOT_FILE = "trajectory.png"
+SWEEP_CONFIG_FILE = "sweep.json"
+RECORD_PATTERN = "lr=*.json"
+
+#: A sweep run's verdict: what its outcome means to the search for η_c.
+SUCCESS, FAILURE, DIVERGED = "success", "failure", "diverged"
+STATUSES = ("completed", "diverged")
+OUTCOMES = ("success", "kinematic", "structural", "diverged")
+
+
+def newer(default: Any = None) -> Any:
+    """A field added after files were first written: ``None`` (and not written) when a file lacks it."""
+    return field(default=default, metadata={"newer": True})
+
+
+def one_of(*choices: str) -> Any:
+    """A required string field restricted to ``choices``."""
+    return field(metadata={"choices": choices})
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def _words(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _scalar(value: Any, tp: type, path: str) -> Any:
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        value = value.item()  # as the JSON writer does: numpy scalars are plain numbers on disk
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)  # float(x) is x for a float, so NaN keeps its identity (and equality)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise PhantomLensError(f"{path} must be {_words(tp)}, got {value!r}")
+
+
+def _union(value: Any, args: tuple, path: str) -> Any:
+    if value is None:
+        if type(None) in args:
+            return None
+        raise PhantomLensError(f"{path} must be given (it cannot be null)")
+    error = None
+    for option in (a for a in args if a is not type(None)):
+        try:
+            return _convert(value, option, path)
+        except PhantomLensError as exc:
+            error = error or exc
+    raise error or PhantomLensError(f"{path} has no usable type")
+
+
+def _container(value: Any, tp: Any, path: str) -> Any:
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise PhantomLensError(f"{path} must be a list, got {value!r}")
+        item = args[0] if args else Any
+        return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, dict):
+        raise PhantomLensError(f"{path} must be an object, got {value!r}")
+    item = args[1] if args else Any
+    return {k: _convert(v, item, f"{path}.{k}") for k, v in value.items()}
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """``value`` checked against the annotation ``tp`` (and nested results built from dicts)."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return _union(value, typing.get_args(tp), path)
+    if value is None:
+        raise PhantomLensError(f"{path} must be given (it cannot be null)")
+    if origin in (list, dict) or tp in (list, dict):
+        return _container(value, tp, path)
+    if isinstance(tp, type) and issubclass(tp, StoredResult):
+        return value if isinstance(value, tp) else tp.from_dict(value, where=path)
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else _foreign(tp, value, path)
+    return _scalar(value, tp, path)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        local = cls._lazy_names() if isinstance(cls, type) and issubclass(cls, StoredResult) else {}
+        _HINTS[cls] = typing.get_type_hints(cls, localns=local)
+    return _HINTS[cls]
+
+
+def _foreign(cls: type, value: Any, path: str) -> Any:
+    """A dataclass defined elsewhere (``Jump``, ``Outcome``), built strictly from its dict."""
+    if not isinstance(value, dict):
+        raise PhantomLensError(f"{path} must be an object, got {value!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in value if k not in names]
+    missing = [n for n in names if n not in value]
+    if unknown or missing:
+        raise PhantomLensError(
+            f"{path} does not match {cls.__name__}"
+            + (f"; unknown keys: {', '.join(unknown)}" if unknown else "")
+            + (f"; missing keys: {', '.join(missing)}" if missing else "")
+        )
+    hints = _hints(cls)
+    return cls(**{n: _convert(value[n], hints[n], f"{path}.{n}") for n in names})
+
+
+def _plain(value: Any) -> Any:
+    """The JSON-ready form of a field value (a fresh copy: the result's state is not shared)."""
+    if isinstance(value, StoredResult):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# --- the base class -------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class StoredResult:
+    """A stored JSON result: validated on construction, ``from_dict``/``to_dict`` round trip."""
+
+    #: Keys of the file this version does not know, kept so that rewriting loses nothing.
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    what: ClassVar[str] = "result"
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in self._fields():
+            value = _convert(getattr(self, f.name), hints[f.name], f"{self.what}: {f.name}")
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise PhantomLensError(
+                    f"{self.what}: {f.name} must be one of {', '.join(choices)}, got {value!r}"
+                )
+            setattr(self, f.name, value)
+        if not isinstance(self.extra, dict):
+            raise PhantomLensError(f"{self.what}: extra must be an object, got {self.extra!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks across fields; single fields are checked against their annotations."""
+
+    @classmethod
+    def _lazy_names(cls) -> dict[str, Any]:
+        """Names the annotations use that are imported lazily (to keep this module light)."""
+        return {}
+
+    @classmethod
+    def _fields(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if f.name != "extra"]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str | None = None) -> Self:
+        """Build from a parsed JSON object; ``where`` (a path) prefixes every error message."""
+        where = where or cls.what
+        if not isinstance(data, Mapping):
+            raise PhantomLensError(f"{where} must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in cls._fields()}
+        required = [f.name for f in cls._fields() if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise PhantomLensError(f"{where} lacks {', '.join(missing)}; it is not a {cls.what}")
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        try:
+            return cls(**known, extra=extra)
+        except PhantomLensError as exc:
+            message = str(exc).removeprefix(f"{cls.what}: ")
+            raise PhantomLensError(f"{where}: {message}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, in field order; ``newer`` fields a file never had are left out."""
+        out = {}
+        for f in self._fields():
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get("newer"):
+                continue
+            out[f.name] = _plain(value)
+        for key, value in self.extra.items():
+            out.setdefault(key, _plain(value))
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def write(self, path: str | Path) -> Path:
+        """Write atomically as JSON (the layout every phantomlens result file has)."""
+        write_json_atomic(Path(path), self.to_dict())
+        return Path(path)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
+# --- a run directory ------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class RunContext(StoredResult):
+    """The context a run resolved to (``summary.json`` → ``context``)."""
+
+    what: ClassVar[str] = "run context"
+    text: str
+    target: str
+    competitor: str
+    target_id: int
+    competitor_id: int
+    n_context_tokens: int
+
+
+@dataclass(kw_only=True)
+class RunSummary(StoredResult):
+    """A run's ``summary.json``: ``train.summarize`` plus ``transitions.summary_fields``."""
+
+    what: ClassVar[str] = "run summary"
+    status: str = one_of(*STATUSES)
+    status_reason: str
+    diverged_step: int | None
+    stopped_early: bool
+    flipped: bool
+    flip_step: int | None
+    flipped_at_end: bool
+    steps_completed: int
+    margin_initial: float
+    margin_final: float
+    loss_initial: float
+    loss_final: float
+    p_target_final: float
+    p_competitor_final: float
+    phi_initial: float
+    phi_final: float
+    overlap_tc_initial: float
+    embedding_sha256_start: str
+    embedding_sha256_end: str
+    embeddings_unchanged: bool
+    geometry: str = one_of("raw", "centred")
+    diverge_loss_cutoff: float | None
+    context: RunContext
+    vocab_size: int
+    device: str | None = newer()
+    trainable_parameters: int
+    wall_time_s: float
+    notes: list[str]
+    config: dict[str, Any]  # the RunConfig as written (flat before groups existed): run_config()
+    versions: dict[str, str]
+    # From the transitions analysis (transitions.summary_fields):
+    outcome: str = one_of(*OUTCOMES)
+    silent: bool
+    n_jumps: int
+    n_phantom_jumps: int
+    analysis_thresholds: dict[str, int | float]
+    stop_reason: str | None = newer()
+    out_dir: str | None = newer()
+
+    def validate(self) -> None:
+        if self.embeddings_unchanged != (self.embedding_sha256_start == self.embedding_sha256_end):
+            raise PhantomLensError(f"{self.what}: embeddings_unchanged contradicts the recorded hashes")
+        try:
+            self.run_config()
+        except PhantomLensError as exc:
+            raise PhantomLensError(f"{self.what}: config is not a valid run configuration ({exc})") from None
+
+    def run_config(self) -> RunConfig:
+        """The run's settings as a validated ``RunConfig`` (either stored layout)."""
+        from phantomlens.settings import RunConfig
+
+        return RunConfig.from_dict(self.config)
+
+    def analysed(self, events: RunEvents) -> RunSummary:
+        """This summary with the fields its analysis gives (``transitions.summary_fields``, typed)."""
+        return self.replace(
+            outcome=events.outcome,
+            silent=events.silent,
+            n_jumps=events.n_jumps,
+            n_phantom_jumps=events.n_phantom_jumps,
+            analysis_thresholds=dict(events.thresholds),
+        )
+
+
+@dataclass(kw_only=True)
+class FrozenGeometry(StoredResult):
+    """``events.json`` → ``frozen_geometry``: unchanged embedding hashes imply Γ = X = 0 exactly."""
+
+    what: ClassVar[str] = "frozen-geometry check"
+    embeddings_unchanged: bool
+    embedding_sha256: str
+    geometric_and_cross_exactly_zero: bool
+    consistent: bool
+
+
+@dataclass(kw_only=True)
+class RunEvents(StoredResult):
+    """A run's ``events.json``: ``transitions.analyze``, with its jumps as ``transitions.Jump``."""
+
+    what: ClassVar[str] = "run events"
+    outcome: str = one_of(*OUTCOMES)
+    silent: bool
+    outcome_detail: Outcome
+    n_jumps: int
+    n_phantom_jumps: int
+    n_symmetry_breaking_jumps: int
+    median_abs_prediction_error: float | None
+    frozen_geometry: FrozenGeometry
+    jumps: list[Jump]
+    thresholds: dict[str, int | float]
+
+    @classmethod
+    def _lazy_names(cls) -> dict[str, Any]:
+        from phantomlens.transitions import Jump, Outcome
+
+        return {"Jump": Jump, "Outcome": Outcome}
+
+    def validate(self) -> None:
+        counts = {
+            "n_jumps": len(self.jumps),
+            "n_phantom_jumps": sum(j.phantom for j in self.jumps),
+            "n_symmetry_breaking_jumps": sum(j.symmetry_breaking for j in self.jumps),
+        }
+        for name, count in counts.items():
+            if getattr(self, name) != count:
+                raise PhantomLensError(
+                    f"{self.what}: {name} is {getattr(self, name)} but the jumps give {count}"
+                )
+        if self.outcome != self.outcome_detail.outcome or self.silent != self.outcome_detail.silent:
+            raise PhantomLensError(f"{self.what}: outcome/silent contradict outcome_detail")
+
+
+# --- a sweep directory ----------------------------------------------------------------------------
+
+
+def verdict_of(outcome: str) -> str:
+    """What a run's outcome means to the search: success, diverged, or any other failure."""
+    return {"success": SUCCESS, "diverged": DIVERGED}.get(outcome, FAILURE)
+
+
+@dataclass(kw_only=True)
+class SweepRunRecord(StoredResult):
+    """One finished run of a sweep: ``DIR/runs/<model>/<mode>/<context>/lr=<η>.json``."""
+
+    what: ClassVar[str] = "sweep run record"
+    lr: float
+    verdict: str = one_of(SUCCESS, FAILURE, DIVERGED)
+    outcome: str = one_of(*OUTCOMES)
+    silent: bool
+    status: str = one_of(*STATUSES)
+    flipped: bool
+    flip_step: int | None
+    flipped_at_end: bool
+    steps_completed: int
+    margin_initial: float
+    margin_final: float
+    loss_initial: float
+    loss_final: float
+    drag_change: float
+    signal_max: float
+    n_jumps: int
+    n_phantom_jumps: int
+    embeddings_unchanged: bool
+    wall_time_s: float
+    device: str | None = newer()
+    run: dict[str, Any]  # the run's settings as written (a few keys, later the full RunConfig)
+    model: str
+
+    def validate(self) -> None:
+        if self.verdict != verdict_of(self.outcome):
+            raise PhantomLensError(
+                f"{self.what}: verdict {self.verdict!r} contradicts outcome {self.outcome!r}"
+            )
+        if "context" not in self.run:
+            raise PhantomLensError(f"{self.what}: run lacks its context")
+
+    @property
+    def context(self) -> str:
+        return self.run["context"]
+
+    @property
+    def optimizer(self) -> str:
+        return self.run.get("optimizer") or "adamw"  # records from before it was stored: the default
+
+    def run_config(self) -> RunConfig:
+        """The run's settings as a validated ``RunConfig``."""
+        from phantomlens.settings import RunConfig
+
+        return RunConfig.from_dict(self.run)
+
+    @classmethod
+    def from_run(cls, summary: RunSummary, events: RunEvents, run: dict[str, Any], wall: float) -> Self:
+        """The record a sweep keeps of one finished run (``run``: the settings it ran with)."""
+        return cls(
+            lr=run["lr"],
+            verdict=verdict_of(summary.outcome),
+            **{k: getattr(summary, k) for k in _FROM_SUMMARY},
+            drag_change=events.outcome_detail.drag_change,
+            signal_max=events.outcome_detail.signal_max,
+            n_jumps=summary.n_jumps,
+            n_phantom_jumps=summary.n_phantom_jumps,
+            embeddings_unchanged=summary.embeddings_unchanged,
+            wall_time_s=round(wall, 2),
+            device=summary.device,
+            run=dict(run),
+            model=run["model"],
+        )
+
+
+#: What a sweep run record copies from the run's summary.
+_FROM_SUMMARY = (
+    "outcome", "silent", "status", "flipped", "flip_step", "flipped_at_end", "steps_completed",
+    "margin_initial", "margin_final", "loss_initial", "loss_final",
+)  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class SweepSummary(StoredResult):
+    """A sweep's ``DIR/summary.json``: its settings, whether it is complete, its table as rows."""
+
+    what: ClassVar[str] = "sweep summary"
+    config: dict[str, Any]  # the SweepConfig as written
+    complete: bool
+    results: list[dict[str, Any]]
+
+
+# --- readers --------------------------------------------------------------------------------------
+
+
+def _read(cls: type[StoredResult], path: Path, remedy: str = "") -> Any:
+    return cls.from_dict(read_json(path, cls.what, remedy), where=str(path))
+
+
+def load_run_summary(run_dir: str | Path) -> RunSummary:
+    """``RUN_DIR/summary.json`` (the marker of a complete run)."""
+    run_dir = _existing_dir(run_dir)
+    return _read(RunSummary, run_dir / SUMMARY_FILE, "is this a phantomlens run directory?")
+
+
+def load_run_events(run_dir: str | Path) -> RunEvents | None:
+    """``RUN_DIR/events.json``, or None for a run stored before runs were analysed."""
+    path = Path(run_dir) / EVENTS_FILE
+    return _read(RunEvents, path) if path.is_file() else None
+
+
+def load_trajectory(run_dir: str | Path) -> pd.DataFrame:
+    """``RUN_DIR/trajectory.parquet``: one row per readout (T + 1 for a completed run)."""
+    import pandas as pd
+
+    path = _existing_dir(run_dir) / TRAJECTORY_FILE
+    if not path.is_file():
+        raise PhantomLensError(f"{run_dir} is not a complete phantomlens run (no {TRAJECTORY_FILE})")
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises its own kinds for a truncated or foreign file
+        raise PhantomLensError(f"{path} is not a readable parquet table ({type(exc).__name__})") from None
+    missing = [c for c in TRAJECTORY_COLUMNS if c not in table]
+    if missing:
+        raise PhantomLensError(f"{path} lacks the trajectory columns {', '.join(missing)}")
+    wrong = [c for c in TRAJECTORY_COLUMNS if not pd.api.types.is_numeric_dtype(table[c])]
+    if wrong or table.empty:
+        what = ', '.join(wrong) or 'the table'
+        raise PhantomLensError(f"{path}: {what} must hold numbers, one row per step")
+    return table
+
+
+#: Columns every stored trajectory has (the analysis, the plot and the report read them).
+TRAJECTORY_COLUMNS = (
+    "step", "lr", "margin", "loss", "phi", "signal", "drag", "p_target", "p_competitor", "overlap_tc",
+    "dphi_1", "readout_1", "geometric_1", "cross_1", "dphi_2", "readout_2", "geometric_2", "cross_2",
+    "disp_target", "disp_competitor",
+)  # fmt: skip
+
+
+def load_run_dir(
+    run_dir: str | Path, *, events: bool = True
+) -> tuple[RunSummary, pd.DataFrame, RunEvents | None]:
+    """(summary, trajectory, events) of a complete run directory, or a one-line error.
+
+    Events are None when the run predates events.json, or when ``events=False`` skips reading them.
+    """
+    run_dir = _existing_dir(run_dir)
+    if not (run_dir / SUMMARY_FILE).is_file() or not (run_dir / TRAJECTORY_FILE).is_file():
+        raise PhantomLensError(
+            f"{run_dir} is not a complete phantomlens run (no {SUMMARY_FILE} or {TRAJECTORY_FILE})"
+        )
+    stored = load_run_events(run_dir) if events else None
+    return load_run_summary(run_dir), load_trajectory(run_dir), stored
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Every complete run directory at or under ``root``, sorted (sweep directories are not runs)."""
+    root = Path(root)
+    found = [p.parent for p in root.glob(f"**/{SUMMARY_FILE}") if (p.parent / TRAJECTORY_FILE).is_file()]
+    return sorted(found)
+
+
+def load_sweep_record(path: str | Path) -> SweepRunRecord:
+    return _read(SweepRunRecord, Path(path))
+
+
+def load_sweep_records(directory: str | Path) -> list[SweepRunRecord]:
+    """Every run record at or under ``directory`` (a sweep, or one context's runs), sorted by path."""
+    return [load_sweep_record(p) for p in sorted(Path(directory).glob(f"**/{RECORD_PATTERN}"))]
+
+
+def load_sweep_summary(directory: str | Path) -> SweepSummary:
+    """``DIR/summary.json`` of a sweep directory."""
+    return _read(SweepSummary, Path(directory) / SUMMARY_FILE, "has the sweep written its results yet?")
+
+
+def _existing_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PhantomLensError(f"run directory {run_dir} does not exist")
+    return run_dir

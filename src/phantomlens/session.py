@@ -1,0 +1,137 @@
+"""What a run needs before its first step: settings resolved, model loaded and prepared, optimiser.
+
+``setup_run`` is shared by ``finetune`` and ``predict_critical_lr`` so that a prediction is made
+for exactly the run that the same arguments would train: same model preparation (full or LoRA),
+same LoRA initialisation seed, same schedule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+from typing import Any
+
+import torch
+
+from phantomlens.contexts import ResolvedContext, lookup_context, resolve
+from phantomlens.errors import PhantomLensError
+from phantomlens.settings import RunConfig
+
+
+def schedule_factor(step: int, steps: int, schedule: str = "cosine", warmup_fraction: float = 0.1) -> float:
+    """The LR multiplier s_t (peak 1) at step ``step`` of ``steps``.
+
+    cosine: linear warm-up over ⌈warmup_fraction·T⌉ steps reaching 1 on the last warm-up step, then
+    cosine decay that would reach 0 at t = T. Warm-up starts at 1/W, not 0, so no step is wasted.
+    """
+    if schedule == "constant":
+        return 1.0
+    warmup = math.ceil(warmup_fraction * steps) if warmup_fraction > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def schedule_factors(steps: int, schedule: str = "cosine", warmup_fraction: float = 0.1) -> list[float]:
+    """s_t for t = 0..T-1 (T is bounded by ``settings.MAX_STEPS``)."""
+    return [schedule_factor(t, steps, schedule, warmup_fraction) for t in range(steps)]
+
+
+def setup_run(
+    config: RunConfig | None, model, tokenizer, overrides: dict[str, Any]
+) -> tuple[RunConfig, Any, Any, ResolvedContext]:
+    """The config (fields overridable by keyword), the model on its device, and the resolved context."""
+    from phantomlens.models import describe_model, load_model, resolve_device
+
+    config = (config or RunConfig()).replace(**overrides)
+    if (model is None) != (tokenizer is None):
+        raise PhantomLensError("pass both model and tokenizer, or neither")
+    if model is None:
+        device = resolve_device(config.device)
+        model, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+        model.to(device)
+    else:
+        config = config.replace(model=describe_model(model))  # records name what actually ran
+    return config, model, tokenizer, resolve_run_context(config, tokenizer, model)
+
+
+def resolve_run_context(config: RunConfig, tokenizer, model) -> ResolvedContext:
+    builtin = lookup_context(config.context)
+    text = builtin.text if builtin else config.context
+    target = config.target or (builtin.target if builtin else None)
+    competitor = config.competitor or (builtin.competitor if builtin else None)
+    if builtin and config.target and not config.competitor:
+        competitor = None  # a new target on a built-in text: pick a competitor for it
+    return resolve(tokenizer, text, target, competitor, model=model)
+
+
+def prepare_model(model, config: RunConfig):
+    """Make the parameters that ``config.mode`` trains trainable; wrap in LoRA when asked."""
+    is_peft = hasattr(model, "peft_config")
+    if config.mode == "full":
+        if is_peft:
+            raise PhantomLensError(
+                "the model is PEFT-wrapped; use mode 'lora', or pass the base model for a full run"
+            )
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+    if is_peft:
+        return model  # train the user's own adapters as configured
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=config.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise PhantomLensError(
+            f"LoRA could not be applied ({str(exc).splitlines()[0]}); "
+            "pass lora_target_modules with the attention projection names of this model"
+        ) from None
+
+
+def make_optimizer(config: RunConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(
+            parameters, lr=config.peak_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay
+        )
+    return torch.optim.SGD(parameters, lr=config.peak_lr, momentum=config.momentum)
+
+
+def embedding_sha256(model) -> str:
+    """SHA-256 of the input embedding matrix (and the output one too when untied)."""
+    digest = hashlib.sha256()
+    seen: set[int] = set()
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is None or not hasattr(module, "weight"):
+            continue
+        weight = module.weight
+        if weight.data_ptr() in seen:
+            continue
+        seen.add(weight.data_ptr())
+        array = weight.detach().cpu().contiguous().numpy()
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    from phantomlens.version import __version__
+
+    return {
+        "phantomlens": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,246 @@
+"""Every user-facing setting, declared once: the library's arguments and the CLI's flags.
+
+Each class is a validated ``JsonConfig`` (see ``phantomlens.config``). Settings compose rather
+than copy: a run holds its readout and stop-rule settings, a sweep holds the run settings its runs
+share. Defaults that depend on other fields stay ``None`` in the config and are resolved where
+they are used (``RunConfig.peak_lr``), so changing ``mode`` on an existing config also changes the
+learning rate it trains at. This module imports nothing heavy: ``phantomlens --help`` reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from phantomlens.config import (
+    FINITE,
+    FRACTION,
+    NON_NEGATIVE,
+    OPEN_FRACTION,
+    POSITIVE,
+    UNIT_INTERVAL,
+    Check,
+    JsonConfig,
+    at_least,
+    at_most,
+    both,
+    group,
+    option,
+)
+from phantomlens.errors import PhantomLensError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+#: Default peak LR per mode: chosen so that the default context flips mid-run on SmolLM2-135M
+#: (full: flip at step 22 of 50; LoRA: step 32), which shows the regime phantomlens is about.
+DEFAULT_LR = {"full": 1e-6, "lora": 1e-4}
+
+#: The longest run accepted: a trajectory row per step is kept in memory.
+MAX_STEPS = 100_000
+
+#: Probability mass the top-k spectrum covers, and the largest k it may use.
+SPECTRAL_MASS = 0.999
+SPECTRAL_TOPK = 1024
+
+MODES = ("full", "lora")
+SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass
+class ReadoutConfig(JsonConfig):
+    """How the density-matrix readout is taken."""
+
+    center: bool = option(False, "centred token states (subtract the mean embedding) instead of raw")
+    spectral_mass: float = option(
+        SPECTRAL_MASS, "probability mass the top-k spectrum must cover", check=UNIT_INTERVAL
+    )
+    spectral_topk: int = option(
+        SPECTRAL_TOPK,
+        "largest k for purity and entropy; 0 skips them (the cheapest readout)",
+        check=at_least(0),
+    )
+
+
+@dataclass
+class StopRule(JsonConfig):
+    """When the flip counts as secure: every watched context keeps ``margin ≥ margin_safe`` for
+    ``patience`` consecutive observations."""
+
+    margin_safe: float = option(
+        1.0,
+        "early stopping: margin (logits) every context must keep: p_target ≥ e·p_competitor",
+        check=FINITE,
+    )
+    patience: int = option(
+        3, "early stopping: consecutive observations the margin must hold", check=at_least(1)
+    )
+
+    def secure(self, margins: Iterable[float]) -> bool:
+        """Whether one observation is secure: every watched margin ≥ margin_safe (NaN is not)."""
+        return all(m >= self.margin_safe for m in margins)
+
+    def next_streak(self, streak: int, margins: Iterable[float]) -> int:
+        """The count of consecutive secure observations after one more observation."""
+        return streak + 1 if self.secure(margins) else 0
+
+    def first_secure_step(self, margins: Sequence[float] | Sequence[Sequence[float]]) -> int | None:
+        """Index of the observation at which this rule stops training, or None if it never does.
+
+        ``margins[t]`` is observation t: one margin, or one per watched context. The same rule
+        ``Probe.record`` applies as training goes, so a recorded trajectory can be asked where the
+        rule would have stopped it.
+        """
+        streak = 0
+        for t, observed in enumerate(margins):
+            streak = self.next_streak(streak, observed if isinstance(observed, Iterable) else [observed])
+            if streak >= self.patience:
+                return t
+        return None
+
+
+@dataclass
+class RunConfig(JsonConfig):
+    """Settings of one instrumented fine-tuning run. Every field is also a ``phantomlens run`` flag."""
+
+    model: str = option(DEFAULT_MODEL, "built-in model name, local HF directory, .gguf file or hub id")
+    context: str | None = option(
+        None, "a built-in context name (see `phantomlens contexts`) or the context text itself"
+    )
+    target: str | None = option(None, "the correct next word, a single token (leading space added)")
+    competitor: str | None = option(
+        None, "the near-synonym to beat, a single token; omitted: picked by the documented rule"
+    )
+    mode: str = option("full", "train all weights, or LoRA adapters only", choices=MODES)
+    lr: float | None = option(
+        None, "peak learning rate η (default: 1e-6 full, 1e-4 LoRA, resolved from --mode)", check=POSITIVE
+    )
+    steps: int = option(50, "number of optimiser steps T", check=both(at_least(1), at_most(MAX_STEPS)))
+    schedule: str = option("cosine", "linear warm-up then cosine decay to 0, or constant", choices=SCHEDULES)
+    warmup_fraction: float = option(
+        0.1, "fraction of the steps spent in linear warm-up (cosine)", check=FRACTION
+    )
+    optimizer: str = option("adamw", "optimiser", choices=OPTIMIZERS)
+    weight_decay: float = option(0.0, "AdamW weight decay", check=NON_NEGATIVE)
+    momentum: float = option(0.0, "SGD momentum", check=FRACTION)
+    seed: int = option(0, "random seed (LoRA initialisation)", check=at_least(0))
+    lora_r: int = option(8, "LoRA rank", check=at_least(1))
+    lora_alpha: float = option(16.0, "LoRA alpha", check=POSITIVE)
+    lora_target_modules: list[str] | None = option(
+        None, "LoRA target modules (default: PEFT's attention q/v projections for the architecture)"
+    )
+    diverge_loss: float | None = option(
+        None,
+        "loss above which the run counts as diverged (default: max(2 ln V, 2 × initial loss))",
+        check=POSITIVE,
+    )
+    trust_remote_code: bool = option(False, "allow a hub model's own code to run (off by default)")
+    device: str = option(
+        "auto",
+        "where a model phantomlens loads runs: auto (CUDA when visible), cpu, cuda, cuda:N; "
+        "a model passed in stays where it is",
+    )
+    early_stop: bool = option(
+        False, "stop once the flip is secure (margin ≥ --margin-safe for --patience steps)"
+    )
+    readout: ReadoutConfig = group(ReadoutConfig, "how the readout is taken")
+    stop: StopRule = group(StopRule, "when the flip counts as secure (with --early-stop)")
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate this run trains at: ``lr``, or the default of its ``mode``."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.mode]
+
+    def resolved(self) -> RunConfig:
+        """A copy with every use-time default filled in, as records store it."""
+        return self.replace(lr=self.peak_lr)
+
+
+#: RunConfig fields a sweep sets per run, so its flags do not offer them.
+PER_RUN_FIELDS = ("context", "target", "competitor", "lr", "early_stop", "stop")
+
+
+@dataclass
+class SweepConfig(JsonConfig):
+    """A critical-LR sweep: the run settings its runs share, how η_c is searched, where runs go."""
+
+    run: RunConfig = group(RunConfig, "the settings every run of the sweep shares")
+    contexts: list[str] | None = option(None, "built-in context names (default: all built-in contexts)")
+    tolerance: float = option(
+        0.01, "stop bisecting when the bracket's high/low ratio is ≤ 1 + tolerance", check=OPEN_FRACTION
+    )
+    factor: float = option(
+        4.0,
+        "bracketing step: multiply or divide the LR by this until the outcome changes",
+        check=Check(lambda v: math.isfinite(v) and v > 1, "a finite number above 1"),
+    )
+    start_lr: float | None = option(
+        None, "first LR tried (default: the κ = 1 prediction, else the mode's default)", check=POSITIVE
+    )
+    min_lr: float = option(1e-10, "never try below this LR", check=POSITIVE)
+    max_lr: float = option(10.0, "never try above this LR", check=POSITIVE)
+    eta_max: bool = option(True, "also bisect the divergence limit η_max")
+    grid: list[float] | None = option(
+        None,
+        "run exactly these peak LRs on every context (a phase diagram, DIR/grid.parquet) "
+        "instead of searching η_c",
+        check=POSITIVE,
+    )
+    backend: str = option("local", "where runs execute", choices=("local", "ray"))
+    workers: int | None = option(
+        None, "parallel runs (default: one per two CPU cores)", check=both(at_least(1), at_most(256))
+    )
+
+    def validate(self) -> None:
+        if self.min_lr >= self.max_lr:
+            raise PhantomLensError(f"min_lr ({self.min_lr:g}) must be below max_lr ({self.max_lr:g})")
+        if self.start_lr is not None and not self.min_lr <= self.start_lr <= self.max_lr:
+            raise PhantomLensError(
+                f"start_lr ({self.start_lr:g}) must lie within [min_lr, max_lr] "
+                f"= [{self.min_lr:g}, {self.max_lr:g}]"
+            )
+
+
+#: RunConfig fields the η_c prediction never reads, so ``phantomlens predict`` offers no flag for them.
+PREDICT_IGNORES = ("lr", "early_stop", "stop", "readout", "diverge_loss", "weight_decay", "momentum")
+
+
+@dataclass
+class AnalysisConfig(JsonConfig):
+    """Named thresholds of the transitions analysis. Each is stated in every analysis it produced."""
+
+    jump_min_abs: float = option(
+        0.05, "a jump's |ΔΦ| must be at least this (Φ lies in [-1, 1])", check=NON_NEGATIVE
+    )
+    jump_min_z: float = option(
+        3.5,
+        "…and at least this robust z-score against the run's step-to-step |ΔΦ| (median/MAD)",
+        check=NON_NEGATIVE,
+    )
+    jump_min_share: float = option(
+        0.4,
+        "…and be sudden: at least this share of the total |ΔΦ| within ±jump_context steps",
+        check=UNIT_INTERVAL,
+    )
+    jump_context: int = option(
+        2, "steps on each side of a jump that its suddenness is judged against", check=at_least(1)
+    )
+    jump_max_window: int = option(2, "longest window of steps one jump may span (1 or 2)", choices=(1, 2))
+    phantom_fraction: float = option(
+        0.9, "a jump is a phantom when the readout part carries |R| ≥ this × |ΔΦ|", check=POSITIVE
+    )
+    symmetry_ratio: float = option(
+        3.0,
+        "symmetry breaking is flagged when |ΔG_cn| or ‖Δê‖ per unit LR at a jump exceeds this × its "
+        "median over the steps before the jump",
+        check=POSITIVE,
+    )
+    drag_worsening: float = option(
+        0.005,
+        "structural failure: the drag fell by more than this from step 0 to the end",
+        check=NON_NEGATIVE,
+    )
+    silent_loss_drop: float = option(
+        0.1, "silent failure: no flip although the loss fell by at least this fraction", check=FRACTION
+    )

@@ -1,0 +1,240 @@
+"""Bad input from a hostile user: every failure is one ``error:`` line, exit 2, nothing half-written.
+
+Each case is run through ``phantomlens.cli.main`` in-process; dependencies' and the OS's exceptions
+must reach the user translated, and outputs must be checked before any training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from phantomlens.cli import main
+
+TEXT = "She felt a deep sense of"
+PAIR = ["--context", TEXT, "--target", " shame", "--competitor", " guilt"]
+
+
+def one_error_line(capsys, *argv) -> str:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    path = tmp_path / "readonly"
+    path.mkdir()
+    path.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    yield path
+    path.chmod(stat.S_IRWXU)
+
+
+def _model_files(tmp_path: Path, tiny_dir: Path) -> dict[str, Path]:
+    """Damaged models of every kind a user may point --model at."""
+    fake_gguf = tmp_path / "text.gguf"
+    fake_gguf.write_text("this is not a model\n")
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((tiny_dir / "config.json").read_text())
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for item in tiny_dir.iterdir():
+        (truncated / item.name).write_bytes(item.read_bytes())
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    bad_config = tmp_path / "bad-config"
+    bad_config.mkdir()
+    for item in tiny_dir.iterdir():
+        (bad_config / item.name).write_bytes(item.read_bytes())
+    (bad_config / "config.json").write_text("{ not json")
+    return {"gguf": fake_gguf, "no-weights": no_weights, "truncated": truncated, "config": bad_config}
+
+
+@pytest.mark.parametrize("kind", ["gguf", "no-weights", "truncated", "config"])
+def test_damaged_models_are_one_line(tiny_dir, tmp_path, capsys, kind):
+    model = _model_files(tmp_path, tiny_dir)[kind]
+    line = one_error_line(capsys, "run", "--model", model, *PAIR, "--steps", "1", "--out", tmp_path / "r")
+    assert str(model) in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_relative_path_is_said_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymodels").mkdir()
+    line = one_error_line(capsys, "run", "--model", "mymodels/nope", "--out", "r")
+    assert "no such path" in line
+    line = one_error_line(capsys, "run", "--model", "./nope", "--out", "r")
+    assert "no such path" in line
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Loading a model fails the test: outputs must be refused before any model work."""
+    import phantomlens.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although the output was unusable")
+
+    monkeypatch.setattr(phantomlens.models, "load_model", refuse)
+
+
+def test_unusable_run_outputs_are_refused_before_training(tmp_path, capsys, no_training):
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "summary.json").write_text("{}")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for out, expected in [
+        (existing, "already exists and is not empty"),
+        (a_file, "is a file"),
+        (a_file / "under", "which is a file"),
+    ]:
+        assert expected in one_error_line(capsys, "run", "--out", out)
+    assert (existing / "summary.json").read_text() == "{}"
+
+
+def test_a_read_only_output_is_refused_before_training(readonly_dir, capsys, no_training):
+    assert "permission denied" in one_error_line(capsys, "run", "--out", readonly_dir / "run")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "--lora-alpha", "nan"], "lora_alpha must be a positive finite number"),
+        (["run", "--weight-decay", "nan"], "weight_decay must be"),
+        (["run", "--diverge-loss", "-5"], "diverge_loss must be a positive"),
+        (["run", "--diverge-loss", "nan"], "diverge_loss must be a positive"),
+        (["run", "--steps", "1000000000"], "steps must be at least 1 and at most 100,000"),
+        (["run", "--steps", "3.5"], "an integer is needed"),
+        (["analyze", ".", "--phantom-fraction", "nan"], "phantom_fraction must be"),
+        (["sweep", "--out", "s", "--min-lr", "1", "--max-lr", "1e-3"], "must be below max_lr"),
+        (["sweep", "--out", "s", "--workers", "-1"], "workers must be at least 1"),
+        (["sweep", "--out", "s", "--grid", "1e-3", "inf"], "grid must be a positive finite"),
+        (["predict", "--kappa", "nan"], "kappa must be a positive number"),
+    ],
+)
+def test_invalid_numbers_are_refused(tmp_path, capsys, monkeypatch, no_training, argv, expected):
+    monkeypatch.chdir(tmp_path)
+    assert expected in one_error_line(capsys, *argv)
+    assert not list(tmp_path.iterdir())
+
+
+def test_sweep_out_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("x")
+    assert "is a file" in one_error_line(capsys, "sweep", "--out", out, "--contexts", "shame")
+
+
+@pytest.mark.parametrize("target", ["dir", "under-file"])
+def test_unwritable_report_and_calibration_outputs(tmp_path, capsys, target):
+    out = tmp_path / "d" if target == "dir" else tmp_path / "f" / "x.html"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("x")
+    assert one_error_line(capsys, "report", tmp_path / "nothing", "--out", out)
+    assert one_error_line(capsys, "calibrate", tmp_path / "nothing", "--out", out)
+
+
+def test_a_killed_writers_staging_folder_is_cleaned_by_the_next_write(tmp_path):
+    from phantomlens.atomic import staged_directory
+
+    dead = tmp_path / ".run.partial-999999999-abc"  # no such PID
+    dead.mkdir()
+    (dead / "summary.json").write_text("{}")
+    live = tmp_path / f".run.partial-{os.getpid()}-def"
+    live.mkdir()
+    with staged_directory(tmp_path / "run") as staging:
+        (staging / "summary.json").write_text(json.dumps({"ok": True}))
+    assert not dead.exists() and live.exists()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == {"ok": True}
+
+
+def test_library_errors_name_the_argument_not_the_flag():
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.settings import RunConfig
+
+    with pytest.raises(PhantomLensError, match=r"^steps must be an integer, got '3'$"):
+        RunConfig(steps="3")
+
+
+RUN = Path(__file__).resolve().parents[1] / "results" / "phantoms" / "smollm2-lora-automobile-0.001"
+
+
+@pytest.fixture
+def stored_run(tmp_path):
+    import shutil
+
+    shutil.copytree(RUN, tmp_path / "run", ignore=shutil.ignore_patterns("*.png"))
+    return tmp_path / "run"
+
+
+def _rewrite(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"n_jumps": "<script>alert(1)</script>"}, "n_jumps must be an integer"),
+        ({"outcome": "<img src=x onerror=alert(1)>"}, "outcome must be one of"),
+        ({"jumps": [{"step": "<script>"}]}, "events.json"),
+    ],
+)
+def test_crafted_events_never_reach_the_page(stored_run, tmp_path, capsys, changes, expected):
+    _rewrite(stored_run / "events.json", **changes)
+    line = one_error_line(capsys, "report", stored_run, "--out", tmp_path / "r.html")
+    assert expected in line and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"flipped_at_end": "yes"}, "flipped_at_end must be true or false"),
+        ({"context": "She felt"}, "context"),
+        ({"config": {"mode": "qlora"}}, "config is not a valid run configuration"),
+    ],
+)
+def test_wrongly_typed_summaries_are_refused_and_nothing_is_rewritten(stored_run, capsys, changes, expected):
+    _rewrite(stored_run / "summary.json", **changes)
+    before = {p.name: p.read_bytes() for p in stored_run.iterdir()}
+    assert expected in one_error_line(capsys, "analyze", stored_run)
+    assert {p.name: p.read_bytes() for p in stored_run.iterdir()} == before
+
+
+def test_a_summary_that_is_a_list_and_a_parquet_without_columns(stored_run, capsys):
+    import pandas as pd
+
+    (stored_run / "summary.json").write_text("[1, 2]")
+    assert "summary.json" in one_error_line(capsys, "analyze", stored_run)
+    (stored_run / "summary.json").write_text((RUN / "summary.json").read_text())
+    pd.DataFrame({"step": [0, 1]}).to_parquet(stored_run / "trajectory.parquet")
+    line = one_error_line(capsys, "analyze", stored_run)
+    assert "trajectory.parquet" in line and "margin" in line
+
+
+def test_a_sweep_without_its_settings_file_still_refuses_other_settings(tmp_path, capsys):
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "benchmarks/results/sweeps/smollm2-135m-lora", sweep
+    )
+    (sweep / "sweep.json").unlink()
+    line = one_error_line(
+        capsys, "sweep", "--out", sweep, "--mode", "lora", "--steps", "6", "--contexts", "shame"
+    )
+    assert "steps: 50 -> 6" in line
+    (sweep / "sweep.json").write_text("{ corrupt")
+    line = one_error_line(
+        capsys, "sweep", "--out", sweep, "--mode", "lora", "--steps", "6", "--contexts", "shame"
+    )
+    assert "steps: 50 -> 6" in line
