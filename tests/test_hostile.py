@@ -238,3 +238,28 @@ def test_a_sweep_without_its_settings_file_still_refuses_other_settings(tmp_path
         capsys, "sweep", "--out", sweep, "--mode", "lora", "--steps", "6", "--contexts", "shame"
     )
     assert "steps: 50 -> 6" in line
+
+
+def test_json_is_written_strict_and_read_back_as_nan(tmp_path):
+    import math
+
+    from phantomlens.atomic import write_json_atomic
+    from phantomlens.results import RunEvents
+
+    write_json_atomic(tmp_path / "x.json", {"a": math.nan, "b": [math.inf, 1.5], "c": {"d": -math.inf}})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+    events = RunEvents.from_dict(
+        json.loads((RUN.parent / "smollm2-lora-shame-0.001" / "events.json").read_text())
+    )
+    assert math.isnan(events.jumps[0].overlap_change_ratio)  # null on disk: not defined under LoRA
+
+
+def test_no_stored_result_holds_non_standard_json():
+    root = Path(__file__).resolve().parents[1]
+    offenders = [
+        str(path)
+        for pattern in ("results/**/*.json", "benchmarks/results/**/*.json")
+        for path in root.glob(pattern)
+        if any(token in path.read_text() for token in ("NaN", "Infinity"))
+    ]
+    assert not offenders, offenders

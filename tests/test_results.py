@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from phantomlens.atomic import strict_json
 from phantomlens.errors import PhantomLensError
 from phantomlens.results import (
     RunEvents,
@@ -49,8 +50,9 @@ FILES = stored("summary.json") + stored("events.json") + stored("lr=*.json")
 
 
 def exact(value) -> str:
-    """A comparison key that tells 1 from 1.0 and key order apart, and equates NaN with NaN."""
-    return json.dumps(value)
+    """A comparison key that tells 1 from 1.0 and key order apart: the strict JSON written to disk
+    (where a NaN, "not defined", is null)."""
+    return strict_json(value)
 
 
 def test_every_kind_of_stored_result_is_present():
@@ -67,7 +69,7 @@ def test_every_stored_file_round_trips_exactly(kind):
     for path in paths:
         data = json.loads(path.read_text())
         result = kind.from_dict(data, where=str(path))
-        out = result.to_dict()
+        out = json.loads(strict_json(result.to_dict()))
         assert out == data, path
         assert exact(out) == exact(data) or kind is SweepRunRecord, path
         # records were written with `device` in two places; their order is not canonical
@@ -203,3 +205,18 @@ def test_importing_results_loads_nothing_heavy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_every_stored_prediction_round_trips():
+    from phantomlens.results import load_prediction
+
+    paths = sorted(ROOT.glob("benchmarks/results/sweeps/*/predictions/**/*.json"))
+    assert len(paths) >= 48
+    for path in paths:
+        stored = json.loads(path.read_text())
+        prediction = load_prediction(path)
+        assert prediction.to_dict() == stored and prediction.variant in (
+            "first-order",
+            "simulated",
+            "two-point",
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -40,8 +41,28 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
-    write_bytes_atomic(path, text.encode())
+    """Write ``obj`` as strict JSON: a non-finite number (NaN, ±inf: "not defined") becomes null.
+
+    Python's json writes the literals NaN and Infinity, which other JSON readers reject; phantomlens's
+    typed readers read null in a number field back as NaN.
+    """
+    write_bytes_atomic(path, strict_json(obj).encode())
+
+
+def strict_json(obj: Any) -> str:
+    return json.dumps(_finite_or_null(obj), indent=2, allow_nan=False, default=_json_default) + "\n"
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_null(value) for value in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):  # numpy / torch scalars
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

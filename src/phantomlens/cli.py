@@ -7,7 +7,6 @@ Exit codes: 0 success (a diverged run is a recorded outcome, so also 0), 2 bad i
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -15,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from phantomlens.atomic import strict_json
 from phantomlens.errors import PhantomLensError, one_line
 
 if TYPE_CHECKING:
@@ -111,7 +111,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     config = from_namespace(SweepConfig, args)
     table = Sweep(config, args.out).run(progress=None if not args.json else False)
     if args.json:
-        print(json.dumps(json.loads((Path(args.out) / "summary.json").read_text()), indent=2))
+        from phantomlens.results import load_sweep_summary
+
+        print(load_sweep_summary(args.out).to_json())
         return 0
     if config.grid:
         lrs = sorted(table["lr"].unique())
@@ -148,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         config, kappa=args.kappa, calibration=args.calibration, variant=args.variant
     )
     if args.json:
-        print(json.dumps(prediction.to_dict(), indent=2))
+        print(prediction.to_json())
         return 0
     p = prediction
     ctx = p.context
@@ -180,7 +182,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(args.sweep_dirs)
     write_json_atomic(Path(args.out), result)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(strict_json(result), end="")
         return 0
     rows = [
         [
@@ -212,7 +214,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     model, _ = load_model(args.model, trust_remote_code=args.trust_remote_code)
     result = classify_geometry(model, args.model, pairs=args.pairs, seed=args.seed)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(strict_json(result.to_dict()), end="")
         return 0
     r = result
     print(f"model      {r.model}  (V = {r.vocab_size}, d = {r.hidden_size}; {r.pairs} pairs, seed {r.seed})")
@@ -342,7 +344,7 @@ def cmd_contexts(args: argparse.Namespace) -> int:
         valid = r.rank_competitor < r.rank_target
         records.append({**ctx.to_dict(), **{k: getattr(r, k) for k in CONTEXT_FIELDS}, "valid": valid})
     if args.json:
-        print(json.dumps({"model": args.model, "contexts": records}, indent=2))
+        print(strict_json({"model": args.model, "contexts": records}), end="")
         return 0
     rows = [
         [

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,42 +30,15 @@ import torch
 from phantomlens.atomic import read_json
 from phantomlens.errors import PhantomLensError
 from phantomlens.forward import last_token_logits
+from phantomlens.results import VARIANTS, Prediction
 from phantomlens.session import prepare_model, schedule_factors, setup_run
 from phantomlens.settings import RunConfig
 
-VARIANTS = ("first-order", "simulated", "two-point")
 PASSES = {
     "first-order": {"forward": 1, "backward": 2},
     "simulated": {"forward": 2, "backward": 2},
     "two-point": {"forward": 3, "backward": 4},
 }
-
-
-@dataclass
-class Prediction:
-    """η̂_c and what it was computed from."""
-
-    eta_c: float | None  # the chosen variant's η̂_c; None when A ≤ 0 (the margin does not move up)
-    variant: str  # "first-order" or "simulated"
-    eta_c_first_order: float | None  # −m_0 / (κ·A·Σ s_t)
-    eta_c_simulated: float | None  # from the simulated margin path (Adam's step decay), κ = 1
-    eta_c_two_point: float | None  # with the margin velocity re-measured mid-way, κ = 1
-    margin_velocity_mid: float | None  # A re-measured after a sign step to the mid-run displacement
-    margin_initial: float  # m_0 (negative: the competitor leads)
-    margin_velocity: float  # A, the margin change per step per unit LR at step 0
-    schedule_sum: float  # Σ_t s_t over the T steps
-    kappa: float
-    kappa_source: str
-    passes: dict  # forward / backward passes the chosen variant spent
-    mode: str
-    optimizer: str
-    steps: int
-    schedule: str
-    model: str
-    context: dict
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -26,7 +26,7 @@ Nothing heavy is imported here: pandas (the trajectory) and the transitions modu
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from phantomlens.atomic import read_json, write_json_atomic
+from phantomlens.atomic import read_json, strict_json, write_json_atomic
 from phantomlens.errors import PhantomLensError
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ def _words(tp: Any) -> str:
 def _scalar(value: Any, tp: type, path: str) -> Any:
     if type(value).__module__ == "numpy" and hasattr(value, "item"):
         value = value.item()  # as the JSON writer does: numpy scalars are plain numbers on disk
+    if tp is float and value is None:
+        return math.nan  # strict JSON writes a number that is not defined (NaN) as null
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)  # float(x) is x for a float, so NaN keeps its identity (and equality)
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
@@ -142,7 +144,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         return _union(value, typing.get_args(tp), path)
-    if value is None:
+    if value is None and tp is not float:  # a null number is NaN: see _scalar
         raise PhantomLensError(f"{path} must be given (it cannot be null)")
     if origin in (list, dict) or tp in (list, dict):
         return _container(value, tp, path)
@@ -262,7 +264,8 @@ class StoredResult:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        """Strict JSON (a NaN field is null), as written to disk."""
+        return strict_json(self.to_dict()).rstrip("\n")
 
     def write(self, path: str | Path) -> Path:
         """Write atomically as JSON (the layout every phantomlens result file has)."""
@@ -406,6 +409,37 @@ class RunEvents(StoredResult):
             raise PhantomLensError(f"{self.what}: outcome/silent contradict outcome_detail")
 
 
+# --- a prediction ----------------------------------------------------------------------------------
+
+#: The prediction variants, cheapest first (docs/critical-lr.md).
+VARIANTS = ("first-order", "simulated", "two-point")
+
+
+@dataclass(kw_only=True)
+class Prediction(StoredResult):
+    """η̂_c and what it was computed from (``predict_critical_lr``; a sweep's ``predictions/*.json``)."""
+
+    what: ClassVar[str] = "prediction"
+    eta_c: float | None  # the chosen variant's η̂_c; None when A ≤ 0 (the margin does not move up)
+    variant: str = one_of(*VARIANTS)
+    eta_c_first_order: float | None  # −m_0 / (κ·A·Σ s_t)
+    eta_c_simulated: float | None  # from the simulated margin path (Adam's step decay), κ = 1
+    eta_c_two_point: float | None  # with the margin velocity re-measured mid-way, κ = 1
+    margin_velocity_mid: float | None  # A re-measured after a sign step to the mid-run displacement
+    margin_initial: float  # m_0 (negative: the competitor leads)
+    margin_velocity: float  # A, the margin change per step per unit LR at step 0
+    schedule_sum: float  # Σ_t s_t over the T steps
+    kappa: float
+    kappa_source: str
+    passes: dict[str, int]  # forward / backward passes the chosen variant spent
+    mode: str
+    optimizer: str
+    steps: int
+    schedule: str
+    model: str
+    context: dict[str, Any]
+
+
 # --- a sweep directory ----------------------------------------------------------------------------
 
 
@@ -535,7 +569,7 @@ def load_trajectory(run_dir: str | Path) -> pd.DataFrame:
         raise PhantomLensError(f"{path} lacks the trajectory columns {', '.join(missing)}")
     wrong = [c for c in TRAJECTORY_COLUMNS if not pd.api.types.is_numeric_dtype(table[c])]
     if wrong or table.empty:
-        what = ', '.join(wrong) or 'the table'
+        what = ", ".join(wrong) or "the table"
         raise PhantomLensError(f"{path}: {what} must hold numbers, one row per step")
     return table
 
@@ -578,6 +612,11 @@ def load_sweep_record(path: str | Path) -> SweepRunRecord:
 def load_sweep_records(directory: str | Path) -> list[SweepRunRecord]:
     """Every run record at or under ``directory`` (a sweep, or one context's runs), sorted by path."""
     return [load_sweep_record(p) for p in sorted(Path(directory).glob(f"**/{RECORD_PATTERN}"))]
+
+
+def load_prediction(path: str | Path) -> Prediction:
+    """A stored prediction (a sweep's ``predictions/<model>/<mode>/<context>.json``)."""
+    return _read(Prediction, Path(path))
 
 
 def load_sweep_summary(directory: str | Path) -> SweepSummary:

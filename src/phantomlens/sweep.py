@@ -28,7 +28,15 @@ import pandas as pd
 
 from phantomlens.atomic import check_output_dir, write_bytes_atomic, write_json_atomic
 from phantomlens.errors import PhantomLensError
-from phantomlens.results import DIVERGED, SUCCESS, SweepRunRecord, SweepSummary, load_sweep_record
+from phantomlens.results import (
+    DIVERGED,
+    SUCCESS,
+    Prediction,
+    SweepRunRecord,
+    SweepSummary,
+    load_prediction,
+    load_sweep_record,
+)
 from phantomlens.settings import DEFAULT_LR, RunConfig, SweepConfig
 
 __all__ = ["Sweep", "SweepConfig", "plan", "sweep"]
@@ -317,17 +325,15 @@ class Sweep:
         step = plan({lr: r.verdict for lr, r in records.items()}, self.start_lr(context), self.config)
         return [] if step.next_lr is None else [step.next_lr]
 
-    def prediction(self, context: str) -> dict:
-        from phantomlens.atomic import read_json
-
+    def prediction(self, context: str) -> Prediction | None:
         path = self.prediction_path(context)
-        return read_json(path, "stored prediction") if path.is_file() else {}
+        return load_prediction(path) if path.is_file() else None
 
     def start_lr(self, context: str) -> float:
         if self.config.start_lr:
             return self.config.start_lr
         prediction = self.prediction(context)
-        eta = prediction.get("eta_c_simulated") or prediction.get("eta_c")
+        eta = prediction and (prediction.eta_c_simulated or prediction.eta_c)
         if eta and eta > 0:
             return min(max(eta, self.config.min_lr), self.config.max_lr)
         return DEFAULT_LR[self.config.run.mode]
@@ -378,7 +384,7 @@ class Sweep:
 
     def _store(self, kind: str, context: str, lr: float | None, result: dict, bar) -> None:
         if kind == "predict":
-            write_json_atomic(self.prediction_path(context), result)
+            Prediction.from_dict(result).write(self.prediction_path(context))
             return
         SweepRunRecord.from_dict(result).write(self.run_dir(context) / f"lr={lr_key(lr):.10g}.json")
         bar.update(1)
@@ -407,7 +413,6 @@ class Sweep:
         for context in self.contexts:
             records = self.records(context)
             step = plan({lr: r.verdict for lr, r in records.items()}, self.start_lr(context), self.config)
-            prediction = self.prediction(context)
             rows.append(
                 {
                     "model": run.model,
@@ -421,10 +426,7 @@ class Sweep:
                     "runs_used": len(records),
                     "complete": step.next_lr is None,
                     "note": step.note,
-                    **{k: prediction.get(k) for k in ("margin_initial", "margin_velocity", "schedule_sum")},
-                    "eta_c_predicted_kappa1": prediction.get("eta_c_first_order", prediction.get("eta_c")),
-                    "eta_c_predicted_sim_kappa1": prediction.get("eta_c_simulated"),
-                    "eta_c_predicted_two_point_kappa1": prediction.get("eta_c_two_point"),
+                    **_predicted(self.prediction(context)),
                     "steps_run": int(sum(r.steps_completed for r in records.values())),
                 }
             )
@@ -450,6 +452,19 @@ class Sweep:
             self.out / "summary.json"
         )
         return table
+
+
+def _predicted(prediction: Prediction | None) -> dict:
+    """A results row's prediction columns (all None before the prediction is stored)."""
+    p = prediction
+    return {
+        "margin_initial": p and p.margin_initial,
+        "margin_velocity": p and p.margin_velocity,
+        "schedule_sum": p and p.schedule_sum,
+        "eta_c_predicted_kappa1": p and p.eta_c_first_order,
+        "eta_c_predicted_sim_kappa1": p and p.eta_c_simulated,
+        "eta_c_predicted_two_point_kappa1": p and p.eta_c_two_point,
+    }
 
 
 def _flat(run: dict) -> dict:
