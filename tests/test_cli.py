@@ -233,5 +233,5 @@ def test_entry_point_never_shows_a_traceback(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2
-    assert proc.stderr.startswith("error: could not load model")
+    assert proc.stderr.startswith("error: unknown model 'no-such-org/no-such-model'")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

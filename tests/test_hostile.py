@@ -263,3 +263,86 @@ def test_no_stored_result_holds_non_standard_json():
         if any(token in path.read_text() for token in ("NaN", "Infinity"))
     ]
     assert not offenders, offenders
+
+
+def test_abbreviated_and_unknown_flags_are_refused_naming_the_command(tmp_path, capsys, no_training):
+    line = one_error_line(capsys, "sweep", "--context", "shame", "--out", tmp_path / "s")
+    assert "unrecognized arguments: --context shame" in line and "phantomlens sweep --help" in line
+    line = one_error_line(capsys, "predict", "--lr", "1e-3")
+    assert "--lr" in line and "phantomlens predict --help" in line
+
+
+def test_analyze_json_of_several_runs_is_one_json_document(stored_run, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(stored_run, other)
+    assert main(["analyze", str(stored_run), str(other), "--json"]) == 0
+    parsed = json.loads(capsys.readouterr().out)
+    assert isinstance(parsed, list) and len(parsed) == 2 and parsed[0]["n_jumps"] == parsed[1]["n_jumps"]
+
+
+def test_a_closed_pipe_ends_quietly(stored_run):
+    import subprocess
+    import sys
+
+    command = f"{sys.executable} -m phantomlens.cli analyze {stored_run} --json | head -c 10"
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_a_missing_hub_like_path_is_said_at_once_when_no_hub_is_reachable(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    line = one_error_line(capsys, "run", "--model", "mymodels/nope", "--out", "r")
+    assert "no such local path" in line and not (tmp_path / "r").exists()
+
+
+def test_analyze_validates_every_directory_before_rewriting_any(stored_run, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(stored_run, bad)
+    (bad / "summary.json").write_text("[1]")
+    before = {p.name: p.read_bytes() for p in stored_run.iterdir()}
+    one_error_line(capsys, "analyze", stored_run, bad, "--jump-min-abs", "0.5")
+    assert {p.name: p.read_bytes() for p in stored_run.iterdir()} == before
+
+
+@pytest.mark.parametrize("value", [-1.0, float("inf")])
+def test_calibrate_refuses_impossible_learning_rates(tmp_path, capsys, value):
+    import shutil
+
+    import pandas as pd
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "benchmarks/results/sweeps/smollm2-135m-lora", sweep
+    )
+    table = pd.read_parquet(sweep / "critical_lr.parquet")
+    table["eta_c"] = value
+    table.to_parquet(sweep / "critical_lr.parquet")
+    assert "positive finite" in one_error_line(capsys, "calibrate", sweep, "--out", tmp_path / "c.json")
+    assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("pairs", ["0", "-5", "10000000000000"])
+def test_classify_pairs_are_bounded(tiny_dir, capsys, pairs):
+    assert "pairs must be an integer" in one_error_line(
+        capsys, "classify", "--model", tiny_dir, "--pairs", pairs
+    )
+
+
+def test_more_bad_arguments(tmp_path, capsys, no_training):
+    assert "seed must be" in one_error_line(capsys, "run", "--seed", "99999999999999999999999")
+    assert "--out is empty" in one_error_line(capsys, "run", "--out", "")
+
+
+def test_a_path_given_as_the_model_object_says_where_paths_go():
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.train import finetune
+
+    with pytest.raises(PhantomLensError, match=r"RunConfig\(model=\.\.\.\)"):
+        finetune(model="/some/where", context="shame", steps=1)

@@ -313,3 +313,21 @@ def test_sweep_device_is_checked_up_front(tmp_path):
         pytest.skip("a CUDA device is visible")
     with pytest.raises(PhantomLensError, match="no CUDA device is visible"):
         Sweep(SweepConfig.from_dict({"contexts": ["shame"], "device": "cuda"}), tmp_path / "s")
+
+
+@pytest.mark.integration  # a sweep in worker processes, stopped with SIGTERM
+def test_a_terminated_sweep_stops_at_once_and_resumes(reference, tmp_path):
+    tiny, table = reference
+    out = tmp_path / "sweep"
+    proc = cli("sweep", "--model", tiny, *SWEEP_ARGS, "--out", out)
+    deadline = time.time() + 300
+    while not record_files(out) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` does
+    _, err = proc.communicate(timeout=60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], err.decode()
+    resumed = finished(out, tiny)
+    pd.testing.assert_frame_equal(
+        resumed.drop(columns=["steps_run"]), table.drop(columns=["steps_run"]), check_dtype=False
+    )

@@ -158,11 +158,13 @@ def check_output_dir(final: Path, overwrite: bool = False) -> None:
 
     final = Path(final)
     if final.exists() and not final.is_dir():
-        raise PhantomLensError(f"output {final} exists and is a file, not a directory; choose another --out")
+        raise PhantomLensError(
+            f"output {final} exists and is a file, not a directory; choose another output (out)"
+        )
     if final.is_dir() and not overwrite and any(final.iterdir()):
         raise PhantomLensError(
             f"output directory {final} already exists and is not empty; "
-            "choose another --out or pass --overwrite"
+            "choose another output (out) or pass --overwrite"
         )
     _check_parent_writable(final)
 
@@ -171,9 +173,9 @@ def check_output_file(path: Path) -> None:
     """Fail now, in one line, if a result file could not be written at ``path`` later."""
     path = Path(path)
     if path.is_dir():
-        raise PhantomLensError(f"output {path} is a directory; give a file name (--out)")
+        raise PhantomLensError(f"output {path} is a directory; give a file name")
     if path.exists() and not os.access(path, os.W_OK):
-        raise PhantomLensError(f"cannot overwrite {path} (permission denied); choose another --out")
+        raise PhantomLensError(f"cannot overwrite {path} (permission denied); choose another output (out)")
     _check_parent_writable(path)
 
 
@@ -182,6 +184,10 @@ def _check_parent_writable(path: Path) -> None:
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise PhantomLensError(f"output {path} lies under {parent}, which is a file; choose another --out")
+        raise PhantomLensError(
+            f"output {path} lies under {parent}, which is a file; choose another output (out)"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise PhantomLensError(f"cannot write under {parent} (permission denied); choose another --out")
+        raise PhantomLensError(
+            f"cannot write under {parent} (permission denied); choose another output (out)"
+        )

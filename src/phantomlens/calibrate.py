@@ -81,9 +81,14 @@ def _read_table(path: Path) -> pd.DataFrame:
         ok = _numeric(values) if kind == "number" else values.map(lambda v: isinstance(v, str)).all()
         if not ok:
             raise PhantomLensError(f"{path}: column {column} must hold {kind}s")
-    for column in VARIANT_COLUMNS.values():
-        if column in table and not _numeric(table[column]):
+    for column in ["eta_c", *VARIANT_COLUMNS.values()]:
+        if column not in table:
+            continue
+        if not _numeric(table[column]):
             raise PhantomLensError(f"{path}: column {column} must hold numbers")
+        values = table[column].dropna().astype(float)
+        if not ((values > 0) & (values < float("inf"))).all():
+            raise PhantomLensError(f"{path}: column {column} must hold positive finite learning rates")
     return table
 
 

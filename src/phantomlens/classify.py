@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from phantomlens.errors import PhantomLensError
+
 if TYPE_CHECKING:
     import torch
 
@@ -45,11 +47,20 @@ class GeometryClass:
         return asdict(self)
 
 
+#: The most token pairs sampled: each pair costs two d-vectors in memory at once.
+MAX_PAIRS = 10_000_000
+
+
 def classify_geometry(
     model: torch.nn.Module, name: str = "", pairs: int = 200_000, seed: int = 0
 ) -> GeometryClass:
     """Bulk statistics of the model's output embedding, its class and the LoRA prediction."""
     import torch
+
+    if isinstance(pairs, bool) or not isinstance(pairs, int) or not 1_000 <= pairs <= MAX_PAIRS:
+        raise PhantomLensError(f"pairs must be an integer from 1,000 to {MAX_PAIRS:,}, got {pairs!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise PhantomLensError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
 
     from phantomlens.readout import output_embedding
 

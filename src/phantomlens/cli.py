@@ -7,9 +7,12 @@ Exit codes: 0 success (a diverged run is a recorded outcome, so also 0), 2 bad i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +26,10 @@ if TYPE_CHECKING:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # `sweep --context` must not pass for `--contexts`
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, no usage dump
         raise PhantomLensError(f"{message} (see {self.prog} --help)")
 
@@ -66,7 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from phantomlens.train import finetune
 
     config = from_namespace(RunConfig, args)
-    out = Path(args.out) if args.out else _default_out(config)
+    if args.out is not None and not args.out.strip():
+        raise PhantomLensError("--out is empty; give the run directory to write, or leave it out")
+    out = Path(args.out) if args.out is not None else _default_out(config)
     result = finetune(
         config,
         out=out,
@@ -86,20 +95,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from phantomlens.config import from_namespace
-    from phantomlens.results import EVENTS_FILE
+    from phantomlens.results import EVENTS_FILE, PLOT_FILE, SUMMARY_FILE, load_run_dir
     from phantomlens.rundir import reanalyze
     from phantomlens.settings import AnalysisConfig
 
     config = from_namespace(AnalysisConfig, args)
+    for run_dir in args.run_dirs:  # every directory is read and validated before any is rewritten
+        load_run_dir(run_dir)
+    analysed = []
     for run_dir in args.run_dirs:
         result = reanalyze(run_dir, config)
+        analysed.append(result.events.to_dict())
         if args.json:
-            print(result.events.to_json())
             continue
         ctx, run = result.summary.context, result.config
-        print(f"{run_dir}: {ctx.text!r} →{ctx.target!r} vs{ctx.competitor!r} ({run.mode}, η={run.peak_lr:g})")
+        print(
+            f"{run_dir}: {ctx.text!r} → {ctx.target!r} vs {ctx.competitor!r} ({run.mode}, η={run.peak_lr:g})"
+        )
         print(format_events(result.events))
-        print(f"written   {Path(run_dir) / EVENTS_FILE}\n")
+        print(f"written   {EVENTS_FILE}, {SUMMARY_FILE} and {PLOT_FILE} in {run_dir}\n")
+    if args.json:  # one run: its events object; several: a list of them, in the order given
+        print(strict_json(analysed[0] if len(analysed) == 1 else analysed), end="")
     return 0
 
 
@@ -272,6 +288,10 @@ def format_events(events: RunEvents) -> str:
     return "\n".join(lines)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _jump_row(j: Jump) -> list[str]:
     return [
         f"{j.step_from}→{j.step}",
@@ -309,12 +329,16 @@ def format_run_summary(s: RunSummary) -> str:
     else:
         lines.append(f"status    {s.status} ({s.steps_completed} steps, {s.wall_time_s} s)")
     lines.append(f"outcome   {s.outcome}" + ("  (silent: loss fell, no flip)" if s.silent else ""))
+    if s.stopped_early:
+        lines.append(f"stopped   early: {s.stop_reason}")
     if s.flipped:
         held = "and holds at the end" if s.flipped_at_end else "but does NOT hold at the end"
         lines.append(f"flip      target overtook competitor at step {s.flip_step}, {held}")
     else:
         lines.append("flip      NO: the target never overtook the competitor")
-    lines.append(f"jumps     {s.n_jumps} catapult-like jumps in Φ, {s.n_phantom_jumps} phantoms")
+    lines.append(
+        f"jumps     {_count(s.n_jumps, 'catapult-like jump')} in Φ, {_count(s.n_phantom_jumps, 'phantom')}"
+    )
     same = "bit-identical" if s.embeddings_unchanged else "changed"
     lines.append(
         f"embedding {same} (sha256 {s.embedding_sha256_start[:12]}… → {s.embedding_sha256_end[:12]}…)"
@@ -372,7 +396,10 @@ def cmd_contexts(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from phantomlens.version import __version__
 
-    parser = _Parser(prog="phantomlens", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="phantomlens",
+        description="See, explain and predict silent near-synonym failures in language-model fine-tuning.",
+    )
     parser.add_argument("--version", action="version", version=f"phantomlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for register in (_add_run, _add_analyze, _add_report, _add_sweep, _add_predict):
@@ -415,8 +442,14 @@ def _add_analyze(sub) -> None:
 
 
 def _add_report(sub) -> None:
-    report = sub.add_parser("report", help="one self-contained HTML page for one or more runs")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report = sub.add_parser(
+        "report",
+        help="one self-contained HTML page for one or more runs",
+        description="Write one self-contained HTML page (figures inline, user text escaped) for runs.",
+    )
+    report.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (phantomlens run --out)"
+    )
     report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
     report.set_defaults(func=cmd_report)
 
@@ -439,6 +472,7 @@ def _add_sweep(sub) -> None:
 
 def _add_predict(sub) -> None:
     from phantomlens.config import add_arguments
+    from phantomlens.results import VARIANTS
     from phantomlens.settings import PREDICT_IGNORES, RunConfig
 
     predict = sub.add_parser(
@@ -451,10 +485,11 @@ def _add_predict(sub) -> None:
     predict.add_argument("--kappa", type=float, help="κ given directly (default: 1, or the calibration's)")
     predict.add_argument(
         "--variant",
-        choices=("first-order", "simulated"),
+        choices=VARIANTS,
         default="first-order",
-        help="first-order: the formula of docs/critical-lr.md (1 forward + 2 backward passes); "
-        "simulated: follows the margin through Adam's shrinking step (2 forward + 2 backward)",
+        help="which prediction is the headline (all three are computed and printed): first-order, "
+        "the formula of docs/critical-lr.md; simulated, the margin followed through Adam's shrinking "
+        "step; two-point, the margin velocity re-measured half-way (default: first-order)",
     )
     predict.add_argument("--json", action="store_true", help="print the prediction as JSON")
     predict.set_defaults(func=cmd_predict)
@@ -463,44 +498,95 @@ def _add_predict(sub) -> None:
 def _add_model_commands(sub) -> None:
     from phantomlens.settings import DEFAULT_MODEL
 
-    calibrate = sub.add_parser("calibrate", help="fit κ on sweeps; report its spread and the blind test")
-    calibrate.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
-    calibrate.add_argument("--out", default="calibration.json", help="calibration file to write")
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="fit κ on sweeps; report its spread and the blind test",
+        description="Fit κ (per mode, optimiser and variant) on measured sweeps; with several models, "
+        "predict each model's contexts from the others (the blind test).",
+    )
+    calibrate.add_argument(
+        "sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep directories (phantomlens sweep --out)"
+    )
+    calibrate.add_argument(
+        "--out", default="calibration.json", help="calibration file to write (default: calibration.json)"
+    )
     calibrate.add_argument("--json", action="store_true", help="print the calibration as JSON")
     calibrate.set_defaults(func=cmd_calibrate)
 
-    classify = sub.add_parser("classify", help="architecture class and LoRA-sufficiency prediction")
-    classify.add_argument("--model", default=DEFAULT_MODEL, help="model to classify")
-    classify.add_argument("--pairs", type=int, default=200_000, help="random token pairs sampled")
-    classify.add_argument("--seed", type=int, default=0, help="sampling seed")
-    classify.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code")
+    classify = sub.add_parser(
+        "classify",
+        help="architecture class and LoRA-sufficiency prediction",
+        description="Bulk statistics of the token states (crowding, effective dimension), the class they "
+        "put the model in, and the LoRA-sufficiency prediction that class makes (see docs/critical-lr.md "
+        "for how it fared on the built-in models).",
+    )
+    classify.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model to classify (default: {DEFAULT_MODEL})"
+    )
+    classify.add_argument(
+        "--pairs", type=int, default=200_000, help="random token pairs sampled (default: 200000)"
+    )
+    classify.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    classify.add_argument(
+        "--trust-remote-code",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="allow a hub model's own code to run (off by default)",
+    )
     classify.add_argument("--json", action="store_true", help="print JSON")
     classify.set_defaults(func=cmd_classify)
 
-    contexts = sub.add_parser("contexts", help="list the built-in contexts with step-0 readouts")
-    contexts.add_argument("--model", default=DEFAULT_MODEL, help="model to rank them with")
+    contexts = sub.add_parser(
+        "contexts",
+        help="list the built-in contexts with step-0 readouts",
+        description="List the built-in contexts with the model's step-0 ranks, margin and overlap.",
+    )
+    contexts.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model to read them with (default: {DEFAULT_MODEL})"
+    )
     contexts.add_argument("--json", action="store_true", help="print JSON instead of a table")
     contexts.set_defaults(func=cmd_contexts)
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
+    previous = None
     try:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends a run as Ctrl-C does
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            raise PhantomLensError(
+                f"unrecognized arguments: {' '.join(unknown)} (see phantomlens {args.command} --help)"
+            )
         from phantomlens.models import quiet_libraries
 
         quiet_libraries()
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("error: interrupted; no incomplete result was left behind", file=sys.stderr)
+        print(
+            "error: interrupted; no incomplete result was left behind (rerun to resume a sweep)",
+            file=sys.stderr,
+        )
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # every failure, ours or a dependency's or the OS's, is one line
         if os.environ.get("PHANTOMLENS_DEBUG") and not isinstance(exc, PhantomLensError):
             raise
         hint = "" if isinstance(exc, PhantomLensError) else " (PHANTOMLENS_DEBUG=1 shows the traceback)"
         print(f"error: {one_line(exc)}{hint}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

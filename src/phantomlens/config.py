@@ -213,7 +213,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
         scalar, is_list, _ = _base_type(hints[f.name])
         help_text = f.metadata["help"]
         if scalar is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+            shown = f" (default: {'on' if default else 'off'})"
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text + shown
+            )
         else:
             shown = "" if default is None else f" (default: {default})"
             parser.add_argument(

@@ -115,11 +115,17 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = F
             f"unknown model {name!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}) and no such "
             "path; check the path, or pass a hub id as org/name"
         )
+    offline = not _hub_reachable()
     try:
-        return _load_pretrained(name, trust_remote_code=trust_remote_code)
+        return _load_pretrained(name, trust_remote_code=trust_remote_code, local_files_only=offline)
     except PhantomLensError:
         raise
     except Exception as exc:  # hub ids fail in many ways (offline, missing, gated, no safetensors)
+        if offline:  # only the local hub cache was asked, so there is nothing more to say
+            raise PhantomLensError(
+                f"unknown model {name!r}: no such local path, not in the local hub cache, and no model hub "
+                "can be reached to download it; check the path"
+            ) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PhantomLensError(
             f"could not load model {name!r} from the hub ({reason}); built-in names are "
@@ -136,6 +142,26 @@ def _looks_like_hub_id(name: str) -> bool:
     if len(parts) != 2 or not all(parts) or name.startswith((".", "~")) or "\\" in name:
         return False
     return not Path(parts[0]).exists()
+
+
+def _hub_reachable() -> bool:
+    """Whether a hub id can be looked up at all: not offline, and the hub's host name resolves.
+
+    Without this, a mistyped path that looks like ``org/name`` costs a minute of retries offline.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
 
 
 def _check_gguf_magic(path: Path) -> None:
@@ -210,14 +236,15 @@ def _check_safetensors(path: Path) -> None:
         raise PhantomLensError(f"{path} has no config.json; pass a Hugging Face model directory")
 
 
-def _load_pretrained(where: str | Path, *, trust_remote_code: bool) -> ModelAndTokenizer:
+def _load_pretrained(
+    where: str | Path, *, trust_remote_code: bool, local_files_only: bool = False
+) -> ModelAndTokenizer:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        where, dtype=torch.float32, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    options = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
+    tokenizer = AutoTokenizer.from_pretrained(where, **options)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True, **options)
     model.eval()
     return model, tokenizer
 

@@ -10,6 +10,7 @@ available on its own (``plot_margin(trajectory, ax=...)`` and friends) for compo
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +38,9 @@ def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)  # a figure made elsewhere may carry another backend's canvas
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    with warnings.catch_warnings():  # a glyph the font lacks (a control character in user text)
+        warnings.simplefilter("ignore")
+        fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 

@@ -218,7 +218,7 @@ def predict_critical_lr(
     kappa, source = resolve_kappa(kappa, calibration, config, variant)  # bad κ: fail before loading
     config, model, tokenizer, spec = setup_run(config, model, tokenizer, {})
     factors = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
-    zero, first_order, simulated, two_point, velocity_mid = _measure(model, config, spec, factors)
+    zero, (first_order, simulated, two_point, velocity_mid), spent = _measure(model, config, spec, factors)
     total = sum(factors)
     chosen_kappa1 = {"first-order": first_order, "simulated": simulated, "two-point": two_point}[variant]
     return Prediction(
@@ -233,7 +233,7 @@ def predict_critical_lr(
         schedule_sum=total,
         kappa=kappa,
         kappa_source=source,
-        passes=PASSES[variant],
+        passes=spent,
         mode=config.mode,
         optimizer=config.optimizer,
         steps=config.steps,
@@ -260,9 +260,11 @@ def _measure(model, config, spec, factors: list[float]):
         with torch.enable_grad():
             zero = step_zero(probe, spec.input_ids, spec.target_id, spec.competitor_id, config.optimizer)
         first_order = simulated = two_point = velocity_mid = None
+        spent = dict(PASSES["first-order"])
         if zero.margin >= 0:
             first_order = simulated = two_point = 0.0  # already flipped: any LR keeps it
         elif zero.velocity > 0:
+            spent = dict(PASSES["two-point"])  # b (one forward), then A re-measured half-way
             first_order = -zero.margin / (zero.velocity * sum(factors))
             simulated = simulated_critical_lr(zero, factors, config.optimizer, first_order)
             two_point, velocity_mid = two_point_critical_lr(
@@ -271,7 +273,7 @@ def _measure(model, config, spec, factors: list[float]):
         del probe
     finally:
         torch.set_rng_state(rng)
-    return zero, first_order, simulated, two_point, velocity_mid
+    return zero, (first_order, simulated, two_point, velocity_mid), spent
 
 
 def resolve_kappa(
@@ -283,7 +285,7 @@ def resolve_kappa(
             raise PhantomLensError(f"kappa must be a positive number, got {kappa}")
         return float(kappa), "given"
     if calibration is None:
-        return 1.0, "uncalibrated (κ = 1)"
+        return 1.0, "uncalibrated"
     if isinstance(calibration, dict):
         data, where = calibration, "calibration dict"
     else:

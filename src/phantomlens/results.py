@@ -431,7 +431,7 @@ class Prediction(StoredResult):
     schedule_sum: float  # Σ_t s_t over the T steps
     kappa: float
     kappa_source: str
-    passes: dict[str, int]  # forward / backward passes the chosen variant spent
+    passes: dict[str, int]  # forward / backward passes spent (every variant is computed: 3 + 4)
     mode: str
     optimizer: str
     steps: int

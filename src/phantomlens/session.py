@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +47,12 @@ def setup_run(
     from phantomlens.models import describe_model, load_model, resolve_device
 
     config = (config or RunConfig()).replace(**overrides)
+    precheck_context(config)
+    if isinstance(model, str | Path):
+        raise PhantomLensError(
+            f"model= takes a loaded model (with tokenizer=); to load {str(model)!r} by name or path, "
+            "pass it in the config: RunConfig(model=...)"
+        )
     if (model is None) != (tokenizer is None):
         raise PhantomLensError("pass both model and tokenizer, or neither")
     if model is None:
@@ -55,6 +62,19 @@ def setup_run(
     else:
         config = config.replace(model=describe_model(model))  # records name what actually ran
     return config, model, tokenizer, resolve_run_context(config, tokenizer, model)
+
+
+def precheck_context(config: RunConfig) -> None:
+    """What can be refused before a model is loaded (seconds to minutes): an empty context, a
+    competitor spelled like the target. Tokenisation checks need the tokenizer and come later."""
+    if lookup_context(config.context) is None and not (config.context or "").strip():
+        raise PhantomLensError("context is empty; give the text that the target should continue")
+    target, competitor = (config.target or "").strip(), (config.competitor or "").strip()
+    if target and target == competitor:
+        raise PhantomLensError(
+            f"competitor {config.competitor!r} is the same token as the target; "
+            "give a different near-synonym as the competitor"
+        )
 
 
 def resolve_run_context(config: RunConfig, tokenizer, model) -> ResolvedContext:

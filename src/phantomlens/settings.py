@@ -124,7 +124,7 @@ class RunConfig(JsonConfig):
     optimizer: str = option("adamw", "optimiser", choices=OPTIMIZERS)
     weight_decay: float = option(0.0, "AdamW weight decay", check=NON_NEGATIVE)
     momentum: float = option(0.0, "SGD momentum", check=FRACTION)
-    seed: int = option(0, "random seed (LoRA initialisation)", check=at_least(0))
+    seed: int = option(0, "random seed (LoRA initialisation)", check=both(at_least(0), at_most(2**63 - 1)))
     lora_r: int = option(8, "LoRA rank", check=at_least(1))
     lora_alpha: float = option(16.0, "LoRA alpha", check=POSITIVE)
     lora_target_modules: list[str] | None = option(

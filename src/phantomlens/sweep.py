@@ -231,6 +231,12 @@ class _Backend:
         else:
             import multiprocessing
 
+            # An interrupted sweep terminates its workers mid-run; the resource tracker (a process of
+            # its own, started with this environment) would then print a leaked-semaphore warning
+            # after our one error line.
+            quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+            if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+                os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
             # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
@@ -240,9 +246,13 @@ class _Backend:
             return self._pool.submit(execute, task)
         return self._remote.remote(task).future()
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, abort: bool = False) -> None:
+        if self._pool is None:
+            return
+        if abort:
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _safe(name: str) -> str:
@@ -259,10 +269,10 @@ class Sweep:
         self.config = config
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
-            raise PhantomLensError(f"sweep directory {self.out} is a file; choose another --out")
+            raise PhantomLensError(f"sweep directory {self.out} is a file; choose another output (out)")
         check_output_dir(self.out, overwrite=True)  # an existing sweep directory is resumed
         names = config.contexts or [c.name for c in builtin_contexts()]
-        self.contexts = [get_context(name).name for name in names]
+        self.contexts = list(dict.fromkeys(get_context(name).name for name in names))  # each once
         resolve_device(config.run.device)  # an unusable device fails here, not in every worker
         model = config.run.model
         self.model_tag = _safe(Path(model).name if os.path.exists(model) else model)
@@ -274,7 +284,16 @@ class Sweep:
         return self.out / "predictions" / self.model_tag / self.config.run.mode / f"{context}.json"
 
     def records(self, context: str) -> dict[float, SweepRunRecord]:
-        return {lr_key(r.lr): r for r in map(load_sweep_record, self.run_dir(context).glob("lr=*.json"))}
+        found = {}
+        for path in self.run_dir(context).glob("lr=*.json"):
+            record = load_sweep_record(path)
+            if path.name != f"lr={lr_key(record.lr):.10g}.json":
+                raise PhantomLensError(
+                    f"sweep record {path} holds lr {record.lr!r}, not the LR its name says; "
+                    "delete it to run that LR again"
+                )
+            found[lr_key(record.lr)] = record
+        return found
 
     def run_settings(self, context: str, lr: float | None = None) -> dict:
         """The full settings of one run of this sweep (what its record stores under ``run``)."""
@@ -352,6 +371,9 @@ class Sweep:
         )
         try:
             self._drive(backend, bar)
+        except BaseException:
+            backend.close(abort=True)  # an interrupted sweep stops its workers now; finished runs are kept
+            raise
         finally:
             bar.close()
             backend.close()
