@@ -236,7 +236,9 @@ class _Backend:
             # after our one error line.
             quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
             if quiet not in os.environ.get("PYTHONWARNINGS", ""):
-                os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+                os.environ["PYTHONWARNINGS"] = ",".join(
+                    filter(None, [os.environ.get("PYTHONWARNINGS"), quiet])
+                )
             # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
             self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
