@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from phantomlens.atomic import sha256_file, write_json_atomic
 from phantomlens.errors import PhantomLensError
+from phantomlens.settings import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 CACHE_ENV = "PHANTOMLENS_CACHE"
 MANIFEST = "phantomlens-cache.json"
-DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)
