@@ -346,3 +346,19 @@ def test_a_path_given_as_the_model_object_says_where_paths_go():
 
     with pytest.raises(PhantomLensError, match=r"RunConfig\(model=\.\.\.\)"):
         finetune(model="/some/where", context="shame", steps=1)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_unwritable_outputs_even_for_root(tmp_path, capsys, no_training):
+    """/proc/self refuses new files even to root, the user CI runs as (chmod does not bind root)."""
+    unwritable = Path("/proc/self/phantomlens-out")
+    assert "permission denied" in one_error_line(capsys, "run", "--out", unwritable)
+    assert "permission denied" in one_error_line(capsys, "report", RUN, "--out", unwritable / "r.html")
+
+
+@pytest.mark.parametrize("kappa", ['"abc"', "NaN", "-1", "true"])
+def test_a_calibration_with_a_bad_kappa_is_refused_before_loading(tmp_path, capsys, no_training, kappa):
+    path = tmp_path / "calibration.json"
+    path.write_text('{"kappa": {"full/adamw/first-order": {"value": ' + kappa + "}}}")
+    line = one_error_line(capsys, "predict", "--calibration", path)
+    assert "must be a positive number" in line and str(path) in line
