@@ -8,7 +8,7 @@ PEFT-wrapped or not.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -53,3 +53,22 @@ def evaluation(model) -> Iterator[None]:
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+def answer_logprobs(model, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> torch.Tensor:
+    """log p(a_k | x, a_<k) for each answer token [K], float64, from one teacher-forced forward pass."""
+    ids = torch.tensor([[*prompt_ids, *answer_ids]], device=model.get_input_embeddings().weight.device)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+    start = len(prompt_ids) - 1  # the logits at position t predict token t + 1
+    log_p = torch.log_softmax(logits[start : start + len(answer_ids)].double(), dim=-1)
+    answer = torch.tensor(answer_ids, device=log_p.device)
+    return log_p[torch.arange(len(answer_ids), device=log_p.device), answer]
+
+
+def sequence_margin(
+    model, prompt_ids: Sequence[int], target_ids: Sequence[int], competitor_ids: Sequence[int]
+) -> torch.Tensor:
+    """m = ℓ(target | x) − ℓ(competitor | x), one forward pass per answer; for one-token answers it
+    equals the logit difference z_c − z_n at the prompt's last position."""
+    target = answer_logprobs(model, prompt_ids, target_ids).sum()
+    return target - answer_logprobs(model, prompt_ids, competitor_ids).sum()

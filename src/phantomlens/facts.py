@@ -1,0 +1,203 @@
+"""A user's facts: a prompt, a target answer and a competitor answer, each possibly several tokens.
+
+A fact generalises a near-synonym context (docs/method.md, "Facts of several tokens"): the answers
+are tokenised as continuations of the prompt, the margin is the difference of their sequence
+log-likelihoods, and the readout is taken at the *branch position* k*, the first answer token where
+target and competitor differ. A single-token fact is exactly a context.
+
+Fact files are JSON Lines (one object per line) or CSV (a header row), with the fields ``prompt``,
+``target``, ``competitor`` and optional ``name`` and ``chat``. Every problem is one error naming the
+file and the line. Nothing heavy is imported here: reading a fact file needs no model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from phantomlens.errors import PhantomLensError
+
+#: The longest answer accepted, in tokens: each answer costs a forward pass over it at every step.
+MAX_ANSWER_TOKENS = 32
+
+FIELDS = ("prompt", "target", "competitor", "name", "chat")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """``prompt`` should be continued by ``target``, not by ``competitor``."""
+
+    prompt: str
+    target: str
+    competitor: str
+    name: str = ""
+    chat: bool = False  # wrap the prompt in the tokenizer's chat template (answers get no leading space)
+
+    def __post_init__(self) -> None:
+        for field in ("prompt", "target", "competitor", "name"):
+            if not isinstance(getattr(self, field), str):
+                raise PhantomLensError(f"{field} must be text, got {getattr(self, field)!r}")
+        if not isinstance(self.chat, bool):
+            raise PhantomLensError(f"chat must be true or false, got {self.chat!r}")
+        for field in ("prompt", "target", "competitor"):
+            if not getattr(self, field).strip():
+                raise PhantomLensError(f"{field} is empty")
+        if self.target.strip() == self.competitor.strip():
+            raise PhantomLensError(f"target and competitor are the same answer ({self.target.strip()!r})")
+
+    @property
+    def label(self) -> str:
+        """The fact's name, or its prompt when it has none."""
+        return self.name or self.prompt
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_facts(path: str | Path) -> list[Fact]:
+    """The facts of a ``.jsonl`` or ``.csv`` file, validated; names must be unique."""
+    path = Path(path)
+    if not path.is_file():
+        raise PhantomLensError(f"fact file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PhantomLensError(
+            f"fact file {path} cannot be read as UTF-8 text ({type(exc).__name__})"
+        ) from None
+    if path.suffix.lower() == ".csv":
+        rows = _csv_rows(path, text)
+    elif path.suffix.lower() in (".jsonl", ".json"):
+        rows = _jsonl_rows(path, text)
+    else:
+        raise PhantomLensError(f"fact file {path} must end in .jsonl or .csv")
+    facts = [_fact(path, line, row) for line, row in rows]
+    if not facts:
+        raise PhantomLensError(f"fact file {path} holds no facts")
+    _check_unique(path, facts)
+    return facts
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise PhantomLensError(f"{path}, line {number}: not JSON ({exc.args[0]})") from None
+        if not isinstance(row, dict):
+            raise PhantomLensError(f"{path}, line {number}: a fact must be a JSON object")
+        rows.append((number, row))
+    return rows
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is None:
+        return []
+    rows = []
+    for row in reader:
+        if None in row:
+            raise PhantomLensError(f"{path}, line {reader.line_num}: more cells than the header has")
+        chat = (row.get("chat") or "").strip().lower()
+        if chat and chat not in ("true", "false", "1", "0", "yes", "no"):
+            raise PhantomLensError(
+                f"{path}, line {reader.line_num}: chat must be true or false, got {chat!r}"
+            )
+        cleaned: dict[str, Any] = {k: v for k, v in row.items() if k != "chat" and v is not None}
+        if chat:
+            cleaned["chat"] = chat in ("true", "1", "yes")
+        rows.append((reader.line_num, cleaned))
+    return rows
+
+
+def _fact(path: Path, line: int, row: dict) -> Fact:
+    unknown = sorted(set(row) - set(FIELDS))
+    missing = [field for field in ("prompt", "target", "competitor") if field not in row]
+    if unknown:
+        raise PhantomLensError(
+            f"{path}, line {line}: unknown fields {', '.join(unknown)}; known: {', '.join(FIELDS)}"
+        )
+    if missing:
+        raise PhantomLensError(f"{path}, line {line}: missing {', '.join(missing)}")
+    try:
+        return Fact(**row)
+    except PhantomLensError as exc:
+        raise PhantomLensError(f"{path}, line {line}: {exc}") from None
+
+
+def _check_unique(path: Path, facts: list[Fact]) -> None:
+    seen: set[str] = set()
+    for fact in facts:
+        if fact.label in seen:
+            raise PhantomLensError(f"{path}: two facts are named {fact.label!r}; names must be unique")
+        seen.add(fact.label)
+
+
+@dataclass(frozen=True)
+class TokenizedFact:
+    """A fact checked against one tokenizer: the ids the model sees and the branch position."""
+
+    fact: Fact
+    prompt_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+    competitor_ids: tuple[int, ...]
+    branch: int  # k*: the first answer position where target and competitor tokens differ
+
+    @property
+    def target_id(self) -> int:
+        """c: the target's token at the branch position."""
+        return self.target_ids[self.branch]
+
+    @property
+    def competitor_id(self) -> int:
+        """n: the competitor's token at the branch position."""
+        return self.competitor_ids[self.branch]
+
+    @property
+    def branch_prefix(self) -> tuple[int, ...]:
+        """The prompt and the answer tokens shared before the branch: where the readout is taken."""
+        return self.prompt_ids + self.target_ids[: self.branch]
+
+
+def tokenize_fact(tokenizer, fact: Fact) -> TokenizedFact:
+    """Tokenise the prompt (through the chat template when ``fact.chat``) and both answers."""
+    prompt = chat_prompt(tokenizer, fact.prompt) if fact.chat else fact.prompt
+    prompt_ids = tuple(tokenizer.encode(prompt, add_special_tokens=not fact.chat))
+    answers = []
+    for role in ("target", "competitor"):
+        answer = getattr(fact, role)
+        if not fact.chat and not answer[0].isspace() and not prompt[-1].isspace():
+            answer = " " + answer  # a continuation of running text starts with its space
+        ids = tuple(tokenizer.encode(answer, add_special_tokens=False))
+        if not ids or len(ids) > MAX_ANSWER_TOKENS:
+            raise PhantomLensError(
+                f"fact {fact.label!r}: the {role} {answer!r} is {len(ids)} tokens; "
+                f"answers of 1 to {MAX_ANSWER_TOKENS} tokens are accepted"
+            )
+        answers.append(ids)
+    target_ids, competitor_ids = answers
+    branch = next((k for k, (a, b) in enumerate(zip(target_ids, competitor_ids)) if a != b), None)
+    if branch is None:
+        shorter = "target" if len(target_ids) < len(competitor_ids) else "competitor"
+        raise PhantomLensError(
+            f"fact {fact.label!r}: the {shorter} is a prefix of the other answer, so they never branch "
+            "into different tokens; give answers that differ in some token"
+        )
+    return TokenizedFact(fact, prompt_ids, target_ids, competitor_ids, branch)
+
+
+def chat_prompt(tokenizer, text: str) -> str:
+    """``text`` as one user message with the generation prompt, by the tokenizer's own template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PhantomLensError(
+            f"{type(tokenizer).__name__} has no chat template, so chat facts cannot be used with it; "
+            "set chat to false"
+        )
+    messages = [{"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
