@@ -151,3 +151,28 @@ def test_teacher_forcing_equals_one_pass_per_prefix():
             prefix = torch.tensor([tokenized.prompt_ids + tokenized.target_ids[:k]])
             one_by_one.append(float(torch.log_softmax(last_token_logits(model, prefix).double(), -1)[token]))
     assert joint.tolist() == pytest.approx(one_by_one, abs=1e-5)
+
+
+def test_contexts_lists_a_fact_file(tiny_dir, tmp_path, capsys):
+    from phantomlens.cli import main
+
+    write_jsonl(
+        tmp_path / "f.jsonl",
+        [
+            {"prompt": PROMPT, "target": " shame", "competitor": " guilt", "name": "one-token"},
+            {
+                "prompt": PROMPT,
+                "target": " shame and guilt",
+                "competitor": " shame, not guilt",
+                "name": "two",
+            },
+        ],
+    )
+    assert main(["contexts", "--model", str(tiny_dir), "--facts", str(tmp_path / "f.jsonl"), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["facts"]
+    assert [f["name"] for f in listed] == ["one-token", "two"]
+    assert listed[0]["branch"] == 0 and listed[1]["branch"] >= 1
+    assert all(f["valid"] == (f["margin"] < 0) for f in listed)
+    (tmp_path / "bad.jsonl").write_text("{oops\n")
+    assert main(["contexts", "--model", str(tiny_dir), "--facts", str(tmp_path / "bad.jsonl")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")

@@ -360,6 +360,8 @@ def cmd_contexts(args: argparse.Namespace) -> int:
     from phantomlens.models import load_model
     from phantomlens.readout import measure
 
+    if args.facts is not None:
+        return _list_facts(args)
     model, tokenizer = load_model(args.model)
     records = []
     for ctx in builtin_contexts():
@@ -387,6 +389,48 @@ def cmd_contexts(args: argparse.Namespace) -> int:
     print(f"{len(rows)} built-in contexts on {args.model} (step 0, raw geometry)\n")
     header = ["name", "context", "target", "competitor", "rank_t", "rank_c", "margin", "G_tc", "valid"]
     print(_table(rows, header))
+    return 0
+
+
+def _list_facts(args: argparse.Namespace) -> int:
+    """``contexts --facts F``: each fact's tokens, branch position and step-0 sequence margin."""
+    from phantomlens.facts import load_facts, tokenize_fact
+    from phantomlens.forward import evaluation, sequence_margin
+    from phantomlens.models import load_model
+
+    facts = load_facts(args.facts)  # the whole file is checked before the model is loaded
+    model, tokenizer = load_model(args.model, trust_remote_code=False)
+    tokenized = [tokenize_fact(tokenizer, fact) for fact in facts]
+    records = []
+    with evaluation(model):
+        for t in tokenized:
+            margin = float(sequence_margin(model, t.prompt_ids, t.target_ids, t.competitor_ids))
+            records.append(
+                {
+                    **t.fact.to_dict(),
+                    "target_tokens": len(t.target_ids),
+                    "competitor_tokens": len(t.competitor_ids),
+                    "branch": t.branch,
+                    "margin": margin,
+                    "valid": margin < 0,  # the competitor leads at step 0: there is a flip to make
+                }
+            )
+    if args.json:
+        print(strict_json({"model": args.model, "facts": records}), end="")
+        return 0
+    rows = [
+        [
+            r["name"] or r["prompt"][:40],
+            *(str(r[key]) for key in ("target_tokens", "competitor_tokens", "branch")),
+            f"{r['margin']:+.2f}",
+            "yes" if r["valid"] else "NO (target already ahead)",
+        ]
+        for r in records
+    ]
+    print(
+        f"{len(rows)} facts from {args.facts} on {args.model} (step 0; margin = ℓ(target) − ℓ(competitor))\n"
+    )
+    print(_table(rows, ["fact", "target tok", "competitor tok", "branch k*", "margin", "valid"]))
     return 0
 
 
@@ -543,6 +587,12 @@ def _add_model_commands(sub) -> None:
     )
     contexts.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"model to read them with (default: {DEFAULT_MODEL})"
+    )
+    contexts.add_argument(
+        "--facts",
+        metavar="FILE",
+        help="list the facts of a .jsonl or .csv file instead (prompt, target, competitor, name, chat): "
+        "their token counts, branch position and step-0 sequence margin",
     )
     contexts.add_argument("--json", action="store_true", help="print JSON instead of a table")
     contexts.set_defaults(func=cmd_contexts)
