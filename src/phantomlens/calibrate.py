@@ -63,14 +63,10 @@ REQUIRED_COLUMNS = {
 
 def _read_table(path: Path) -> pd.DataFrame:
     """A sweep's critical_lr.parquet, checked against what calibration reads from it."""
-    import pandas as pd
 
-    try:
-        table = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises its own kinds for a truncated or foreign file
-        raise PhantomLensError(
-            f"{path} is not a readable parquet table ({type(exc).__name__}); rerun the sweep to rewrite it"
-        ) from None
+    from phantomlens.results import read_table
+
+    table = read_table(path, "rerun the sweep to rewrite it")
     missing = [c for c in REQUIRED_COLUMNS if c not in table]
     if missing:
         raise PhantomLensError(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phantomlens.atomic import sha256_file, write_json_atomic
-from phantomlens.errors import PhantomLensError
+from phantomlens.errors import PhantomLensError, one_line
 from phantomlens.settings import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -126,9 +126,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = F
                 f"unknown model {name!r}: no such local path, not in the local hub cache, and no model hub "
                 "can be reached to download it; check the path"
             ) from None
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PhantomLensError(
-            f"could not load model {name!r} from the hub ({reason}); built-in names are "
+            f"could not load model {name!r} from the hub ({one_line(exc)}); built-in names are "
             f"{', '.join(BUILTIN_MODELS)}, or pass a local directory"
         ) from None
 
@@ -178,9 +177,8 @@ def _local(load, path: Path) -> ModelAndTokenizer:
     except PhantomLensError:
         raise
     except Exception as exc:  # safetensors, json, tokenizers and torch each raise their own kinds
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PhantomLensError(
-            f"could not load the model at {path} ({type(exc).__name__}: {reason[:200]}); "
+            f"could not load the model at {path} ({one_line(exc)}); "
             "is it a complete Hugging Face causal-LM directory or GGUF file?"
         ) from None
 

@@ -560,10 +560,7 @@ def load_trajectory(run_dir: str | Path) -> pd.DataFrame:
     path = _existing_dir(run_dir) / TRAJECTORY_FILE
     if not path.is_file():
         raise PhantomLensError(f"{run_dir} is not a complete phantomlens run (no {TRAJECTORY_FILE})")
-    try:
-        table = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises its own kinds for a truncated or foreign file
-        raise PhantomLensError(f"{path} is not a readable parquet table ({type(exc).__name__})") from None
+    table = read_table(path)
     missing = [c for c in TRAJECTORY_COLUMNS if c not in table]
     if missing:
         raise PhantomLensError(f"{path} lacks the trajectory columns {', '.join(missing)}")
@@ -580,6 +577,19 @@ TRAJECTORY_COLUMNS = (
     "dphi_1", "readout_1", "geometric_1", "cross_1", "dphi_2", "readout_2", "geometric_2", "cross_2",
     "disp_target", "disp_competitor",
 )  # fmt: skip
+
+
+def read_table(path: Path, remedy: str = "") -> pd.DataFrame:
+    """A stored parquet table, or one error naming the file (pyarrow raises its own kinds)."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:
+        suffix = f"; {remedy}" if remedy else ""
+        raise PhantomLensError(
+            f"{path} is not a readable parquet table ({type(exc).__name__}){suffix}"
+        ) from None
 
 
 def load_run_dir(

@@ -17,17 +17,19 @@ Layout of a sweep directory::
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from phantomlens.atomic import check_output_dir, write_bytes_atomic, write_json_atomic
-from phantomlens.errors import PhantomLensError
+from phantomlens.errors import PhantomLensError, one_line
 from phantomlens.results import (
     DIVERGED,
     SUCCESS,
@@ -231,16 +233,17 @@ class _Backend:
         else:
             import multiprocessing
 
-            # An interrupted sweep terminates its workers mid-run; the resource tracker (a process of
-            # its own, started with this environment) would then print a leaked-semaphore warning
-            # after our one error line.
+            # An interrupted sweep terminates its workers mid-run; the resource tracker, a process
+            # started with the pool and with its environment, would then print a leaked-semaphore
+            # warning after our one error line. The environment is changed only while it starts.
             quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
-            if quiet not in os.environ.get("PYTHONWARNINGS", ""):
-                os.environ["PYTHONWARNINGS"] = ",".join(
-                    filter(None, [os.environ.get("PYTHONWARNINGS"), quiet])
+            with _environment(
+                PYTHONWARNINGS=",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), quiet]))
+            ):
+                # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
+                self._pool = cf.ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn")
                 )
-            # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
-            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
     def submit(self, task: dict) -> cf.Future:
         task = {**task, "threads": self.threads}
@@ -255,6 +258,20 @@ class _Backend:
             for process in list(getattr(self._pool, "_processes", {}).values()):
                 process.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _safe(name: str) -> str:
@@ -504,9 +521,8 @@ def _result(future: cf.Future, kind: str, context: str, lr: float | None) -> dic
         return future.result()
     except Exception as exc:  # a worker died (memory, a kill) or a run raised
         what = f"the {kind} of {context}" + (f" at lr {lr:.4g}" if lr else "")
-        message = str(exc).splitlines()[0] if str(exc) else ""
         raise PhantomLensError(
-            f"{what} failed in its worker ({type(exc).__name__}: {message}); finished runs "
+            f"{what} failed in its worker ({one_line(exc)}); finished runs "
             "are kept: rerun the same command to resume"
         ) from None
 
