@@ -42,7 +42,7 @@ BAD_FILES = [
         '{"prompt": "a", "target": "b", "competitor": "c"}\n{not json\n',
         "f.jsonl, line 2: not JSON",
     ),
-    ("f.jsonl", '{"prompt": "a", "target": "b"}\n', "line 1: missing competitor"),
+    ("f.jsonl", '{"prompt": "a"}\n', "line 1: missing target"),
     ("f.jsonl", '{"prompt": "a", "target": " ", "competitor": "c"}\n', "line 1: target is empty"),
     ("f.jsonl", '{"prompt": "a", "target": " b", "competitor": "b"}\n', "target and competitor are the same"),
     (

@@ -64,6 +64,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _default_out(config) -> Path:
     name = config.context if config.context and " " not in config.context else "custom"
+    if config.facts:
+        name = "facts-" + Path(config.facts).stem
     return Path("runs") / f"{config.model.replace('/', '_')}-{name}-{config.mode}-lr{config.peak_lr:g}"
 
 
@@ -86,6 +88,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(result.summary.to_json())
         return 0
+    if not hasattr(result.summary, "context"):  # a fact-set run
+        from phantomlens.clifacts import format_fact_set
+
+        print(format_fact_set(result.summary))
+        return 0
     print(format_run_summary(result.summary))
     if result.events.jumps:
         print()
@@ -94,16 +101,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from phantomlens.clifacts import format_fact_set, reanalyze_fact_set
     from phantomlens.config import from_namespace
+    from phantomlens.factresults import is_fact_set
+    from phantomlens.factrun import FactSetResult
     from phantomlens.results import EVENTS_FILE, PLOT_FILE, SUMMARY_FILE, load_run_dir
     from phantomlens.rundir import reanalyze
     from phantomlens.settings import AnalysisConfig
 
     config = from_namespace(AnalysisConfig, args)
     for run_dir in args.run_dirs:  # every directory is read and validated before any is rewritten
-        load_run_dir(run_dir)
+        FactSetResult.load(run_dir) if is_fact_set(run_dir) else load_run_dir(run_dir)
     analysed = []
     for run_dir in args.run_dirs:
+        if is_fact_set(run_dir):
+            result = reanalyze_fact_set(run_dir, config)
+            analysed.append(result.events.to_dict())
+            if not args.json:
+                print(format_fact_set(result.summary) + "\n")
+            continue
         result = reanalyze(run_dir, config)
         analysed.append(result.events.to_dict())
         if args.json:
@@ -458,8 +474,9 @@ def _add_run(sub) -> None:
 
     run = sub.add_parser(
         "run",
-        help="one instrumented fine-tuning run",
-        description="Fine-tune on one context and record the readout at every step.",
+        help="one instrumented fine-tuning run (one context, or a fact file trained jointly)",
+        description="Fine-tune on one context, or on every fact of --facts FILE jointly, and record the "
+        "readout at every step.",
     )
     add_arguments(run, RunConfig)
     add_arguments(run.add_argument_group("transitions analysis"), AnalysisConfig)

@@ -32,7 +32,7 @@ class Fact:
 
     prompt: str
     target: str
-    competitor: str
+    competitor: str = ""  # empty: picked by the documented rule (single-token targets only)
     name: str = ""
     chat: bool = False  # wrap the prompt in the tokenizer's chat template (answers get no leading space)
 
@@ -42,9 +42,11 @@ class Fact:
                 raise PhantomLensError(f"{field} must be text, got {getattr(self, field)!r}")
         if not isinstance(self.chat, bool):
             raise PhantomLensError(f"chat must be true or false, got {self.chat!r}")
-        for field in ("prompt", "target", "competitor"):
+        for field in ("prompt", "target"):
             if not getattr(self, field).strip():
                 raise PhantomLensError(f"{field} is empty")
+        if self.competitor and not self.competitor.strip():
+            raise PhantomLensError("competitor is empty")
         if self.target.strip() == self.competitor.strip():
             raise PhantomLensError(f"target and competitor are the same answer ({self.target.strip()!r})")
 
@@ -118,7 +120,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
 
 def _fact(path: Path, line: int, row: dict) -> Fact:
     unknown = sorted(set(row) - set(FIELDS))
-    missing = [field for field in ("prompt", "target", "competitor") if field not in row]
+    missing = [field for field in ("prompt", "target") if field not in row]
     if unknown:
         raise PhantomLensError(
             f"{path}, line {line}: unknown fields {', '.join(unknown)}; known: {', '.join(FIELDS)}"
@@ -167,21 +169,11 @@ class TokenizedFact:
 
 def tokenize_fact(tokenizer, fact: Fact) -> TokenizedFact:
     """Tokenise the prompt (through the chat template when ``fact.chat``) and both answers."""
-    prompt = chat_prompt(tokenizer, fact.prompt) if fact.chat else fact.prompt
-    prompt_ids = tuple(tokenizer.encode(prompt, add_special_tokens=not fact.chat))
-    answers = []
-    for role in ("target", "competitor"):
-        answer = getattr(fact, role)
-        if not fact.chat and not answer[0].isspace() and not prompt[-1].isspace():
-            answer = " " + answer  # a continuation of running text starts with its space
-        ids = tuple(tokenizer.encode(answer, add_special_tokens=False))
-        if not ids or len(ids) > MAX_ANSWER_TOKENS:
-            raise PhantomLensError(
-                f"fact {fact.label!r}: the {role} {answer!r} is {len(ids)} tokens; "
-                f"answers of 1 to {MAX_ANSWER_TOKENS} tokens are accepted"
-            )
-        answers.append(ids)
-    target_ids, competitor_ids = answers
+    if not fact.competitor:
+        raise PhantomLensError(f"fact {fact.label!r} has no competitor; give one")
+    prompt, prompt_ids = encode_prompt(tokenizer, fact)
+    target_ids = encode_answer(tokenizer, fact, prompt, "target")
+    competitor_ids = encode_answer(tokenizer, fact, prompt, "competitor")
     branch = next((k for k, (a, b) in enumerate(zip(target_ids, competitor_ids)) if a != b), None)
     if branch is None:
         shorter = "target" if len(target_ids) < len(competitor_ids) else "competitor"
@@ -190,6 +182,26 @@ def tokenize_fact(tokenizer, fact: Fact) -> TokenizedFact:
             "into different tokens; give answers that differ in some token"
         )
     return TokenizedFact(fact, prompt_ids, target_ids, competitor_ids, branch)
+
+
+def encode_prompt(tokenizer, fact: Fact) -> tuple[str, tuple[int, ...]]:
+    """The prompt as the model sees it (chat-wrapped or not) and its token ids."""
+    prompt = chat_prompt(tokenizer, fact.prompt) if fact.chat else fact.prompt
+    return prompt, tuple(tokenizer.encode(prompt, add_special_tokens=not fact.chat))
+
+
+def encode_answer(tokenizer, fact: Fact, prompt: str, role: str) -> tuple[int, ...]:
+    """The ids of the ``role`` answer as a continuation of ``prompt``, length-checked."""
+    answer = getattr(fact, role)
+    if not fact.chat and not answer[0].isspace() and not prompt[-1].isspace():
+        answer = " " + answer  # a continuation of running text starts with its space
+    ids = tuple(tokenizer.encode(answer, add_special_tokens=False))
+    if not ids or len(ids) > MAX_ANSWER_TOKENS:
+        raise PhantomLensError(
+            f"fact {fact.label!r}: the {role} {answer!r} is {len(ids)} tokens; "
+            f"answers of 1 to {MAX_ANSWER_TOKENS} tokens are accepted"
+        )
+    return ids
 
 
 def chat_prompt(tokenizer, text: str) -> str:

@@ -149,3 +149,45 @@ def plot_trajectory(
 
     write_bytes_atomic(Path(path), figure_png(trajectory_figure(trajectory, summary, jumps), dpi=110))
     return Path(path)
+
+
+def fact_set_figure(trajectory: pd.DataFrame, summary: dict) -> Figure:
+    """A fact-set run at a glance, readable with 100 facts: every fact's sequence margin as a row
+    of a heat map (sorted by the final margin; red: the competitor leads), the fraction of facts
+    flipped and the joint loss over the steps."""
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    margins = trajectory.pivot(index="fact", columns="step", values="margin")
+    margins = margins.loc[margins.iloc[:, -1].sort_values().index]
+    fig = new_figure(figsize=(11, 4.5 + 0.04 * len(margins)), layout="constrained")
+    heat_ax, curve_ax = fig.subplots(1, 2, width_ratios=[3, 2])
+    values = margins.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    bound = float(np.percentile(np.abs(finite), 98)) if finite.size else 1.0
+    image = heat_ax.imshow(values, aspect="auto", cmap="RdBu", interpolation="nearest",
+                           norm=TwoSlopeNorm(0.0, -max(bound, 1e-6), max(bound, 1e-6)),
+                           extent=(margins.columns[0] - 0.5, margins.columns[-1] + 0.5, len(margins) - 0.5, -0.5))  # fmt: skip
+    fig.colorbar(image, ax=heat_ax, label="margin ℓ(target) − ℓ(competitor)")
+    silent = {f["name"] for f in summary["facts"] if f["silent"]}
+    if len(margins) <= 40:
+        heat_ax.set_yticks(range(len(margins)), [f"{n} (silent)" if n in silent else n for n in margins.index],
+                           fontsize=7)  # fmt: skip
+    else:
+        heat_ax.set_ylabel(f"{len(margins)} facts, sorted by final margin")
+    heat_ax.set_xlabel("step")
+    heat_ax.set_title("every fact's margin (blue: flipped)")
+    flipped = trajectory.assign(up=trajectory["margin"] > 0).groupby("step")["up"].mean()
+    curve_ax.plot(flipped.index, flipped.to_numpy(), color="tab:blue")
+    curve_ax.set_ylim(-0.02, 1.02)
+    curve_ax.set_xlabel("step")
+    curve_ax.set_ylabel("fraction of facts flipped", color="tab:blue")
+    loss_ax = curve_ax.twinx()
+    joint = trajectory.groupby("step")["loss"].mean()
+    loss_ax.plot(joint.index, joint.to_numpy(), color="black")
+    loss_ax.set_ylabel("joint loss (mean over facts)")
+    fig.suptitle(
+        f"{summary['n_facts']} facts: {summary['n_flipped']} flipped at the end "
+        f"({summary['fraction_flipped']:.0%}), {len(silent)} silent failures"
+    )
+    return fig

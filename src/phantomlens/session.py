@@ -44,6 +44,15 @@ def setup_run(
     config: RunConfig | None, model, tokenizer, overrides: dict[str, Any]
 ) -> tuple[RunConfig, Any, Any, ResolvedContext]:
     """The config (fields overridable by keyword), the model on its device, and the resolved context."""
+    config, model, tokenizer = load_for_run(config, model, tokenizer, overrides)
+    return config, model, tokenizer, resolve_run_context(config, tokenizer, model)
+
+
+def load_for_run(
+    config: RunConfig | None, model, tokenizer, overrides: dict[str, Any]
+) -> tuple[RunConfig, Any, Any]:
+    """The config (fields overridable by keyword) checked as far as it can be without a model,
+    and the model on its device (``config.model`` loaded unless a model is passed)."""
     from phantomlens.models import describe_model, load_model, resolve_device
 
     config = (config or RunConfig()).replace(**overrides)
@@ -61,12 +70,17 @@ def setup_run(
         model.to(device)
     else:
         config = config.replace(model=describe_model(model))  # records name what actually ran
-    return config, model, tokenizer, resolve_run_context(config, tokenizer, model)
+    return config, model, tokenizer
 
 
 def precheck_context(config: RunConfig) -> None:
-    """What can be refused before a model is loaded (seconds to minutes): an empty context, a
-    competitor spelled like the target. Tokenisation checks need the tokenizer and come later."""
+    """What can be refused before a model is loaded (seconds to minutes): a bad fact file, an empty
+    context, a competitor spelled like the target. Tokenisation checks need the tokenizer."""
+    if config.facts is not None:
+        from phantomlens.facts import load_facts
+
+        load_facts(config.facts)
+        return
     if lookup_context(config.context) is None and not (config.context or "").strip():
         raise PhantomLensError("context is empty; give the text that the target should continue")
     target, competitor = (config.target or "").strip(), (config.competitor or "").strip()

@@ -108,9 +108,26 @@ class RunConfig(JsonConfig):
     context: str | None = option(
         None, "a built-in context name (see `phantomlens contexts`) or the context text itself"
     )
-    target: str | None = option(None, "the correct next word, a single token (leading space added)")
+    target: str | None = option(
+        None, "the correct continuation: a word or an answer of several tokens (leading space added)"
+    )
     competitor: str | None = option(
-        None, "the near-synonym to beat, a single token; omitted: picked by the documented rule"
+        None,
+        "the answer to beat; omitted: picked by the documented rule (single-token targets only)",
+    )
+    facts: str | None = option(
+        None,
+        "a fact file (.jsonl or .csv: prompt, target, competitor, name, chat) whose facts are "
+        "trained jointly, instead of one context (docs/facts.md)",
+    )
+    chat: bool = option(
+        False, "wrap the context (every fact's prompt) in the tokenizer's chat template as a user message"
+    )
+    micro_batch: int = option(
+        32,
+        "facts per forward pass in a fact-set run; gradients accumulate, so each step is still one "
+        "step on the mean loss of all facts",
+        check=both(at_least(1), at_most(4096)),
     )
     mode: str = option("full", "train all weights, or LoRA adapters only", choices=MODES)
     lr: float | None = option(

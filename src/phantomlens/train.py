@@ -28,8 +28,8 @@ from phantomlens.session import (
     embedding_sha256,
     make_optimizer,
     prepare_model,
+    resolve_run_context,
     schedule_factor,
-    setup_run,
     versions,
 )
 from phantomlens.settings import DEFAULT_LR, AnalysisConfig, RunConfig
@@ -105,17 +105,8 @@ class TrainingLoop:
         return self.instrument.record(pending, step, lr)
 
     def _diverged(self, step: int, loss: float, logits: torch.Tensor) -> bool:
-        outcome = self.outcome
-        if outcome.cutoff is None:
-            outcome.cutoff = max(2 * math.log(self.unembedding.shape[0]), 2 * loss)
-        if not math.isfinite(loss) or not bool(torch.isfinite(logits).all()):
-            outcome.status, outcome.reason = "diverged", "non-finite loss or logits"
-        elif loss > outcome.cutoff:
-            outcome.status, outcome.reason = "diverged", f"loss {loss:.3g} above cut-off {outcome.cutoff:.3g}"
-        else:
-            return False
-        outcome.diverged_step = step
-        return True
+        finite = bool(torch.isfinite(logits).all())
+        return check_divergence(self.outcome, step, loss, finite, self.unembedding.shape[0])
 
     def _should_stop(self, step: int, row: dict) -> bool:
         reason = ""
@@ -139,6 +130,23 @@ class TrainingLoop:
             self.outcome.diverged_step = self.outcome.updates
 
 
+def check_divergence(outcome: Outcome, step: int, loss: float, finite: bool, vocab_size: int) -> bool:
+    """Whether step ``step`` diverged (non-finite, or the loss above the cut-off); records it.
+
+    The cut-off defaults to max(2 ln V, 2 × the first loss): far above anything training reaches.
+    """
+    if outcome.cutoff is None:
+        outcome.cutoff = max(2 * math.log(vocab_size), 2 * loss)
+    if not math.isfinite(loss) or not finite:
+        outcome.status, outcome.reason = "diverged", "non-finite loss or logits"
+    elif loss > outcome.cutoff:
+        outcome.status, outcome.reason = "diverged", f"loss {loss:.3g} above cut-off {outcome.cutoff:.3g}"
+    else:
+        return False
+    outcome.diverged_step = step
+    return True
+
+
 def finetune(
     config: RunConfig | None = None,
     *,
@@ -159,21 +167,52 @@ def finetune(
     atomically; it is checked before training. ``step_callback(step, row)`` is called with each
     step's row after that step's update; returning True stops the run there (the final readout
     then follows, as at the end of T steps).
-    """
-    from tqdm.auto import tqdm
 
+    A fact file (``facts=``), a chat prompt (``chat=True``) or an answer of several tokens makes
+    it a fact-set run (docs/facts.md), which returns a ``FactSetResult``; ``step_callback`` then
+    gets ``None`` as the row, since a fact-set run keeps its readouts on the device until the end.
+    """
     from phantomlens.atomic import check_output_dir
+    from phantomlens.session import load_for_run
 
     config = (config or RunConfig()).replace(**overrides)
     if out is not None:
         check_output_dir(Path(out), overwrite)
-    config, model, tokenizer, spec = setup_run(config, model, tokenizer, {})
+    config, model, tokenizer = load_for_run(config, model, tokenizer, {})
+    facts = _facts_of(config, tokenizer)
+    spec = None if facts else resolve_run_context(config, tokenizer, model)
     torch.manual_seed(config.seed)
     model = prepare_model(model, config)
     model.eval()  # dropout off: deterministic, and the readout sees the same function it trains
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
+    if not any(p.requires_grad for p in model.parameters()):
         raise PhantomLensError("the model has no trainable parameters in this mode")
+    if facts:
+        from phantomlens.facttrain import train_facts
+
+        result = train_facts(config, model, tokenizer, facts, progress=progress,
+                             step_callback=step_callback, analysis=analysis)  # fmt: skip
+    else:
+        result = _train_context(config, model, tokenizer, spec, progress, step_callback, analysis)
+    if out is not None:
+        result.save(out, overwrite=overwrite, config=config.resolved())
+    return result
+
+
+def _facts_of(config: RunConfig, tokenizer) -> list | None:
+    from phantomlens.facttrain import config_facts, single_fact
+
+    facts = config_facts(config)
+    if facts is None:
+        fact = single_fact(config, tokenizer)
+        facts = [fact] if fact is not None else None
+    return facts
+
+
+def _train_context(config, model, tokenizer, spec, progress, step_callback, analysis) -> RunResult:
+    """A single-token context's run: the per-step readout on the host, row by row."""
+    from tqdm.auto import tqdm
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
     hash_start = embedding_sha256(model)
     loop = TrainingLoop(config, model, tokenizer, spec, trainable, step_callback)
     bar = tqdm(total=config.steps, desc="fine-tuning", unit="step", leave=False, disable=_quiet(progress))
@@ -191,10 +230,7 @@ def finetune(
         wall=time.perf_counter() - started,
         unembedding=loop.unembedding,
     )
-    result = _analysed(summary, trajectory, analysis)
-    if out is not None:
-        result.save(out, overwrite=overwrite, config=config.resolved())
-    return result
+    return _analysed(summary, trajectory, analysis)
 
 
 def _quiet(progress: bool | None) -> bool | None:

@@ -1,0 +1,152 @@
+"""A fact-set run's result and its directory, with the shape of ``RunResult``: save, load, analyze, plot.
+
+The directory is written the way a single-context run's is (staged, renamed into place, so it is
+complete or absent): config.json, trajectory.parquet (one row per step per fact), summary.json
+(``kind: "fact-set"``, a record per fact), events.json (a transitions analysis per fact) and
+overview.png, the margin of every fact over the steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from phantomlens.atomic import read_json, staged_directory, write_json_atomic
+from phantomlens.errors import PhantomLensError
+from phantomlens.factresults import FactSetEvents, FactSetSummary, load_fact_trajectory
+from phantomlens.results import CONFIG_FILE, EVENTS_FILE, SUMMARY_FILE, TRAJECTORY_FILE, RunEvents
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from phantomlens.settings import AnalysisConfig, RunConfig
+
+OVERVIEW_FILE = "overview.png"
+
+
+@dataclass
+class FactSetResult:
+    """A finished fact-set run: the long trajectory, the summary with every fact, per-fact events."""
+
+    summary: FactSetSummary
+    trajectory: pd.DataFrame
+    events: FactSetEvents
+    out_dir: Path | None = None
+
+    @property
+    def status(self) -> str:
+        return self.summary.status
+
+    @property
+    def fraction_flipped(self) -> float:
+        return self.summary.fraction_flipped
+
+    @property
+    def silent_failures(self) -> list[str]:
+        return self.summary.silent_failures
+
+    @property
+    def config(self) -> RunConfig:
+        return self.summary.run_config()
+
+    def fact_trajectory(self, name: str) -> pd.DataFrame:
+        """One fact's rows (T + 1 of them for a completed run)."""
+        self.summary.fact(name)  # a clear error for an unknown name
+        rows = self.trajectory[self.trajectory["fact"] == name]
+        return rows.reset_index(drop=True)
+
+    def fact_events(self, name: str) -> RunEvents:
+        self.summary.fact(name)
+        return self.events.facts[name]
+
+    def table(self) -> pd.DataFrame:
+        """One row per fact: its outcome and margins (what ``phantomlens analyze`` prints)."""
+        import pandas as pd
+
+        columns = [
+            "name",
+            "outcome",
+            "silent",
+            "flipped_at_end",
+            "flip_step",
+            "margin_initial",
+            "margin_final",
+            "loss_initial",
+            "loss_final",
+            "branch",
+            "n_jumps",
+            "n_phantom_jumps",
+        ]
+        return pd.DataFrame([{c: getattr(f, c) for c in columns} for f in self.summary.facts])
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> FactSetResult:
+        run_dir = Path(run_dir)
+        path = run_dir / SUMMARY_FILE
+        summary = FactSetSummary.from_dict(read_json(path, "fact-set summary"), where=str(path))
+        trajectory = load_fact_trajectory(run_dir / TRAJECTORY_FILE, [f.name for f in summary.facts])
+        events_path = run_dir / EVENTS_FILE
+        events = FactSetEvents.from_dict(read_json(events_path, "fact-set events"), where=str(events_path))
+        missing = [f.name for f in summary.facts if f.name not in events.facts]
+        if missing:
+            raise PhantomLensError(f"{events_path} has no analysis of {missing[0]!r}")
+        return cls(summary, trajectory, events, run_dir)
+
+    def analyze(self, config: AnalysisConfig | None = None) -> FactSetResult:
+        """The same run with every fact's transitions analysis redone under ``config``."""
+        from phantomlens.facts import Fact, TokenizedFact
+        from phantomlens.facttrain import fact_outcome
+        from phantomlens.settings import AnalysisConfig
+
+        config = config or AnalysisConfig()
+        hashes = (self.summary.embedding_sha256_start, self.summary.embedding_sha256_end)
+        records, events = [], {}
+        for old in self.summary.facts:
+            fact = TokenizedFact(
+                Fact(old.prompt, old.target, old.competitor, old.name, old.chat),
+                (),
+                tuple(old.target_tokens),
+                tuple(old.competitor_tokens),
+                old.branch,
+            )
+            record, fact_events = fact_outcome(
+                self.fact_trajectory(old.name), fact, self.summary.status, hashes, config
+            )
+            records.append(record)
+            events[old.name] = fact_events
+        summary = self.summary.replace(
+            facts=records,
+            silent_failures=[r.name for r in records if r.silent],
+            outcomes={o: sum(r.outcome == o for r in records) for o in sorted({r.outcome for r in records})},
+            analysis_thresholds=config.to_dict(),
+        )
+        return FactSetResult(
+            summary,
+            self.trajectory,
+            FactSetEvents(kind=self.events.kind, facts=events, thresholds=config.to_dict()),
+            self.out_dir,
+        )
+
+    def plot(self) -> Figure:
+        """The overview: every fact's sequence margin over the steps, and the fraction flipped."""
+        from phantomlens.plot import fact_set_figure
+
+        return fact_set_figure(self.trajectory, self.summary.to_dict())
+
+    def save(self, out: str | Path, *, overwrite: bool = False, config: RunConfig | None = None) -> Path:
+        from phantomlens.plot import figure_png
+
+        out = Path(out)
+        config = config or self.config
+        summary = self.summary.replace(out_dir=str(out))
+        png = figure_png(self.plot())
+        with staged_directory(out, overwrite=overwrite) as staging:
+            write_json_atomic(staging / CONFIG_FILE, config.to_dict())
+            self.trajectory.to_parquet(staging / TRAJECTORY_FILE, index=False)
+            (staging / OVERVIEW_FILE).write_bytes(png)
+            self.events.write(staging / EVENTS_FILE)
+            summary.write(staging / SUMMARY_FILE)
+        self.summary, self.out_dir = summary, out
+        return out
