@@ -165,14 +165,21 @@ def fact_set_figure(trajectory: pd.DataFrame, summary: dict) -> Figure:
     values = margins.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     bound = float(np.percentile(np.abs(finite), 98)) if finite.size else 1.0
-    image = heat_ax.imshow(values, aspect="auto", cmap="RdBu", interpolation="nearest",
-                           norm=TwoSlopeNorm(0.0, -max(bound, 1e-6), max(bound, 1e-6)),
-                           extent=(margins.columns[0] - 0.5, margins.columns[-1] + 0.5, len(margins) - 0.5, -0.5))  # fmt: skip
+    bound = max(bound, 1e-6)
+    steps = margins.columns
+    image = heat_ax.imshow(
+        values,
+        aspect="auto",
+        cmap="RdBu",
+        interpolation="nearest",
+        norm=TwoSlopeNorm(0.0, -bound, bound),
+        extent=(steps[0] - 0.5, steps[-1] + 0.5, len(margins) - 0.5, -0.5),
+    )
     fig.colorbar(image, ax=heat_ax, label="margin ℓ(target) − ℓ(competitor)")
     silent = {f["name"] for f in summary["facts"] if f["silent"]}
     if len(margins) <= 40:
-        heat_ax.set_yticks(range(len(margins)), [f"{n} (silent)" if n in silent else n for n in margins.index],
-                           fontsize=7)  # fmt: skip
+        labels = [f"{n} (silent)" if n in silent else n for n in margins.index]
+        heat_ax.set_yticks(range(len(margins)), labels, fontsize=7)
     else:
         heat_ax.set_ylabel(f"{len(margins)} facts, sorted by final margin")
     heat_ax.set_xlabel("step")
