@@ -91,8 +91,12 @@ def test_one_single_token_fact_trains_exactly_as_a_context(tmp_path, mode):
     model, tokenizer = make_tiny("llama")
     target, competitor = tiny_pair(model, tokenizer)
     settings = dict(mode=mode, lr=3e-2 if mode == "full" else 3e-1, steps=6)
-    context = finetune(RunConfig(context=FACTS[0].prompt, target=target, competitor=competitor, **settings),
-                       model=model, tokenizer=tokenizer, progress=False)  # fmt: skip
+    context = finetune(
+        RunConfig(context=FACTS[0].prompt, target=target, competitor=competitor, **settings),
+        model=model,
+        tokenizer=tokenizer,
+        progress=False,
+    )
     model, tokenizer = make_tiny("llama")
     path = write_facts(tmp_path / "one.jsonl", [Fact(FACTS[0].prompt, target, competitor, "one")])
     facts = finetune(RunConfig(facts=str(path), **settings), model=model, tokenizer=tokenizer, progress=False)
@@ -107,8 +111,13 @@ def test_one_single_token_fact_trains_exactly_as_a_context(tmp_path, mode):
 def test_fact_set_run_directory_round_trip(tmp_path):
     model, tokenizer = make_tiny("gpt2")
     path = write_facts(tmp_path / "facts.jsonl")
-    result = finetune(RunConfig(facts=str(path), lr=1e-2, steps=5, micro_batch=2), model=model,
-                      tokenizer=tokenizer, out=tmp_path / "run", progress=False)  # fmt: skip
+    result = finetune(
+        RunConfig(facts=str(path), lr=1e-2, steps=5, micro_batch=2),
+        model=model,
+        tokenizer=tokenizer,
+        out=tmp_path / "run",
+        progress=False,
+    )
     summary = result.summary
     assert summary.n_facts == 4 and len(result.trajectory) == 4 * 6
     assert set(result.trajectory["fact"]) == {f.name for f in FACTS}
@@ -124,8 +133,12 @@ def test_fact_set_run_directory_round_trip(tmp_path):
 def test_frozen_embeddings_give_exactly_zero_geometric_terms_under_lora(tmp_path):
     model, tokenizer = make_tiny("llama")
     path = write_facts(tmp_path / "facts.jsonl")
-    result = finetune(RunConfig(facts=str(path), mode="lora", lr=1e-1, steps=4), model=model,
-                      tokenizer=tokenizer, progress=False)  # fmt: skip
+    result = finetune(
+        RunConfig(facts=str(path), mode="lora", lr=1e-1, steps=4),
+        model=model,
+        tokenizer=tokenizer,
+        progress=False,
+    )
     rows = result.trajectory[result.trajectory["step"] > 0]
     assert (rows["geometric_1"] == 0).all() and (rows["cross_1"] == 0).all()
     assert result.summary.embeddings_unchanged
@@ -133,23 +146,38 @@ def test_frozen_embeddings_give_exactly_zero_geometric_terms_under_lora(tmp_path
 
 def test_a_multi_token_single_fact_run_and_a_missing_competitor(tmp_path):
     model, tokenizer = make_tiny("llama")
-    result = finetune(RunConfig(context="The river flows into the", target="sea and the", competitor="ocean",
-                                steps=2, lr=1e-3), model=model, tokenizer=tokenizer, progress=False)  # fmt: skip
+    result = finetune(
+        RunConfig(
+            context="The river flows into the", target="sea and the", competitor="ocean", steps=2, lr=1e-3
+        ),
+        model=model,
+        tokenizer=tokenizer,
+        progress=False,
+    )
     assert isinstance(result, FactSetResult) and result.summary.n_facts == 1
     with pytest.raises(PhantomLensError, match="competitor must be given"):
-        finetune(RunConfig(context="The river flows into the", target="sea and the", steps=2),
-                 model=model, tokenizer=tokenizer, progress=False)  # fmt: skip
+        finetune(
+            RunConfig(context="The river flows into the", target="sea and the", steps=2),
+            model=model,
+            tokenizer=tokenizer,
+            progress=False,
+        )
     path = write_facts(tmp_path / "pick.jsonl", [Fact("She felt a deep sense of", "shame", name="pick")])
-    picked = finetune(RunConfig(facts=str(path), steps=1, lr=1e-3), model=model, tokenizer=tokenizer,
-                      progress=False)  # fmt: skip
+    picked = finetune(
+        RunConfig(facts=str(path), steps=1, lr=1e-3), model=model, tokenizer=tokenizer, progress=False
+    )
     assert picked.summary.facts[0].competitor.strip() != "shame"
 
 
 def test_a_diverging_fact_set_is_recorded(tmp_path):
     model, tokenizer = make_tiny("llama")
     path = write_facts(tmp_path / "facts.jsonl")
-    result = finetune(RunConfig(facts=str(path), lr=50.0, steps=6, diverge_loss=7.0), model=model,
-                      tokenizer=tokenizer, progress=False)  # fmt: skip
+    result = finetune(
+        RunConfig(facts=str(path), lr=50.0, steps=6, diverge_loss=7.0),
+        model=model,
+        tokenizer=tokenizer,
+        progress=False,
+    )
     assert result.status == "diverged"
     assert all(f.outcome == "diverged" for f in result.summary.facts)
     assert not math.isnan(result.summary.loss_initial)
