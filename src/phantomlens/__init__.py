@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from phantomlens.classify import classify_geometry
     from phantomlens.contexts import Context, builtin_contexts
     from phantomlens.errors import PhantomLensError
+    from phantomlens.factpredict import predict_facts
+    from phantomlens.factrun import FactSetResult
+    from phantomlens.facts import Fact, load_facts
     from phantomlens.models import load_model
     from phantomlens.predict import predict_critical_lr
     from phantomlens.probe import PhantomCallback, Probe
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
 _EXPORTS: dict[str, str] = {
     "AnalysisConfig": "phantomlens.settings",
     "Context": "phantomlens.contexts",
+    "Fact": "phantomlens.facts",
+    "FactSetResult": "phantomlens.factrun",
     "PhantomCallback": "phantomlens.probe",
     "PhantomLensError": "phantomlens.errors",
     "Probe": "phantomlens.probe",
@@ -48,9 +53,11 @@ _EXPORTS: dict[str, str] = {
     "builtin_contexts": "phantomlens.contexts",
     "classify_geometry": "phantomlens.classify",
     "finetune": "phantomlens.train",
+    "load_facts": "phantomlens.facts",
     "load_model": "phantomlens.models",
     "measure": "phantomlens.readout",
     "predict_critical_lr": "phantomlens.predict",
+    "predict_facts": "phantomlens.factpredict",
     "sweep": "phantomlens.sweep",
 }
 
@@ -59,6 +66,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "AnalysisConfig",
     "Context",
+    "Fact",
+    "FactSetResult",
     "PhantomCallback",
     "PhantomLensError",
     "Probe",
@@ -72,9 +81,11 @@ __all__ = [
     "builtin_contexts",
     "classify_geometry",
     "finetune",
+    "load_facts",
     "load_model",
     "measure",
     "predict_critical_lr",
+    "predict_facts",
     "sweep",
 ]
 

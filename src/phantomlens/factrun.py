@@ -8,19 +8,21 @@ overview.png, the margin of every fact over the steps.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phantomlens.atomic import read_json, staged_directory, write_json_atomic
 from phantomlens.errors import PhantomLensError
-from phantomlens.factresults import FactSetEvents, FactSetSummary, load_fact_trajectory
+from phantomlens.factresults import FactOutcome, FactSetEvents, FactSetSummary, load_fact_trajectory
 from phantomlens.results import CONFIG_FILE, EVENTS_FILE, SUMMARY_FILE, TRAJECTORY_FILE, RunEvents
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from phantomlens.facts import TokenizedFact
     from phantomlens.settings import AnalysisConfig, RunConfig
 
 OVERVIEW_FILE = "overview.png"
@@ -97,7 +99,6 @@ class FactSetResult:
     def analyze(self, config: AnalysisConfig | None = None) -> FactSetResult:
         """The same run with every fact's transitions analysis redone under ``config``."""
         from phantomlens.facts import Fact, TokenizedFact
-        from phantomlens.facttrain import fact_outcome
         from phantomlens.settings import AnalysisConfig
 
         config = config or AnalysisConfig()
@@ -150,3 +151,46 @@ class FactSetResult:
             summary.write(staging / SUMMARY_FILE)
         self.summary, self.out_dir = summary, out
         return out
+
+
+def fact_outcome(
+    rows, fact: TokenizedFact, status: str, hashes: tuple[str, str], analysis: AnalysisConfig
+) -> tuple[FactOutcome, RunEvents]:
+    """One fact's record and transitions analysis, from its rows of the trajectory."""
+    from phantomlens.transitions import analyze
+
+    margins = rows["margin"]
+    flipped_rows = rows.index[margins > 0]
+    last = rows.iloc[-1]
+    finite = rows[rows["loss"].map(math.isfinite)]
+    final = finite.iloc[-1] if len(finite) else last
+    flipped_at_end = bool(status == "completed" and last["margin"] > 0)
+    stub = {
+        "status": status,
+        "flipped_at_end": flipped_at_end,
+        "embedding_sha256_start": hashes[0],
+        "embedding_sha256_end": hashes[1],
+    }
+    events = RunEvents.from_dict(analyze(rows, stub, analysis))
+    record = FactOutcome(
+        name=fact.fact.label,
+        prompt=fact.fact.prompt,
+        target=fact.fact.target,
+        competitor=fact.fact.competitor,
+        chat=fact.fact.chat,
+        target_tokens=list(fact.target_ids),
+        competitor_tokens=list(fact.competitor_ids),
+        branch=fact.branch,
+        flipped=bool(len(flipped_rows)),
+        flip_step=int(rows.loc[flipped_rows[0], "step"]) if len(flipped_rows) else None,
+        flipped_at_end=flipped_at_end,
+        margin_initial=float(rows.iloc[0]["margin"]),
+        margin_final=float(final["margin"]),
+        loss_initial=float(rows.iloc[0]["loss"]),
+        loss_final=float(final["loss"]),
+        outcome=events.outcome,
+        silent=events.silent,
+        n_jumps=events.n_jumps,
+        n_phantom_jumps=events.n_phantom_jumps,
+    )
+    return record, events

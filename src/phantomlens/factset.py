@@ -152,8 +152,9 @@ class FactBatch:
         return len(self.facts)
 
 
-def forward_chunk(model, chunk: Chunk) -> ChunkOutput:
-    """The model's own forward over one micro-batch; the loss keeps autograd when it is enabled."""
+def forward_chunk(model, chunk: Chunk, margins: bool = True) -> ChunkOutput:
+    """The model's own forward over one micro-batch; the loss keeps autograd when it is enabled.
+    ``margins=False`` skips the sequence log-likelihoods (and the competitor's own pass): NaN."""
     logits = model(input_ids=chunk.input_ids, attention_mask=chunk.attention_mask).logits
     answer_logits = logits[chunk.answer_rows, chunk.answer_positions]  # [ΣK, V]
     token_loss = torch.nn.functional.cross_entropy(
@@ -164,6 +165,9 @@ def forward_chunk(model, chunk: Chunk) -> ChunkOutput:
     summed = summed.index_add(0, chunk.answer_fact, token_loss)
     loss = summed / chunk.answer_lengths
     branch_logits = answer_logits[chunk.branch_rows].detach()
+    if not margins:
+        nan = torch.full((size,), torch.nan, dtype=torch.float64, device=loss.device)
+        return ChunkOutput(loss, branch_logits, nan, nan)
     logp_target, logp_competitor = _sequence_logps(model, chunk, answer_logits)
     return ChunkOutput(loss, branch_logits, logp_target, logp_competitor)
 

@@ -17,14 +17,14 @@ import torch
 
 from phantomlens.errors import PhantomLensError
 from phantomlens.factreadout import FactReadout
-from phantomlens.factresults import FACT_SET, FactOutcome, FactSetEvents, FactSetSummary
+from phantomlens.factresults import FACT_SET, FactSetEvents, FactSetSummary
+from phantomlens.factrun import FactSetResult, fact_outcome
 from phantomlens.facts import Fact, TokenizedFact, encode_answer, encode_prompt, load_facts, tokenize_fact
 from phantomlens.factset import FactBatch, forward_chunk
 from phantomlens.forward import evaluation, output_embedding
-from phantomlens.results import RunEvents
+from phantomlens.loop import Outcome, check_divergence
 from phantomlens.session import embedding_sha256, make_optimizer, schedule_factor, versions
 from phantomlens.settings import AnalysisConfig, RunConfig
-from phantomlens.train import Outcome, check_divergence
 
 
 def config_facts(config: RunConfig) -> list[Fact] | None:
@@ -178,7 +178,6 @@ def train_facts(
     """Train ``facts`` jointly on the prepared ``model``; the analysed ``FactSetResult``."""
     from tqdm.auto import tqdm
 
-    from phantomlens.factrun import FactSetResult
 
     tokenized = _tokenized(tokenizer, model, facts)
     device = output_embedding(model).device
@@ -274,46 +273,3 @@ def summarize_facts(
         analysis_thresholds=analysis.to_dict(),
     )
     return summary, FactSetEvents(kind=FACT_SET, facts=events, thresholds=analysis.to_dict())
-
-
-def fact_outcome(
-    rows, fact: TokenizedFact, status: str, hashes: tuple[str, str], analysis: AnalysisConfig
-) -> tuple[FactOutcome, RunEvents]:
-    """One fact's record and transitions analysis, from its rows of the trajectory."""
-    from phantomlens.transitions import analyze
-
-    margins = rows["margin"]
-    flipped_rows = rows.index[margins > 0]
-    last = rows.iloc[-1]
-    finite = rows[rows["loss"].map(math.isfinite)]
-    final = finite.iloc[-1] if len(finite) else last
-    flipped_at_end = bool(status == "completed" and last["margin"] > 0)
-    stub = {
-        "status": status,
-        "flipped_at_end": flipped_at_end,
-        "embedding_sha256_start": hashes[0],
-        "embedding_sha256_end": hashes[1],
-    }
-    events = RunEvents.from_dict(analyze(rows, stub, analysis))
-    record = FactOutcome(
-        name=fact.fact.label,
-        prompt=fact.fact.prompt,
-        target=fact.fact.target,
-        competitor=fact.fact.competitor,
-        chat=fact.fact.chat,
-        target_tokens=list(fact.target_ids),
-        competitor_tokens=list(fact.competitor_ids),
-        branch=fact.branch,
-        flipped=bool(len(flipped_rows)),
-        flip_step=int(rows.loc[flipped_rows[0], "step"]) if len(flipped_rows) else None,
-        flipped_at_end=flipped_at_end,
-        margin_initial=float(rows.iloc[0]["margin"]),
-        margin_final=float(final["margin"]),
-        loss_initial=float(rows.iloc[0]["loss"]),
-        loss_final=float(final["loss"]),
-        outcome=events.outcome,
-        silent=events.silent,
-        n_jumps=events.n_jumps,
-        n_phantom_jumps=events.n_phantom_jumps,
-    )
-    return record, events

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from phantomlens.atomic import read_json
 from phantomlens.errors import PhantomLensError
 from phantomlens.forward import last_token_logits
+from phantomlens.kappa import resolve_kappa
 from phantomlens.results import VARIANTS, Prediction
-from phantomlens.session import prepare_model, schedule_factors, setup_run
+from phantomlens.session import load_for_run, prepare_model, resolve_run_context, schedule_factors
 from phantomlens.settings import RunConfig
 
 PASSES = {
@@ -215,8 +215,19 @@ def predict_critical_lr(
     if variant not in VARIANTS:
         raise PhantomLensError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     config = (config or RunConfig()).replace(**overrides)
+    if config.facts is not None:
+        raise PhantomLensError(
+            "predict_critical_lr predicts one context; for a fact file use phantomlens.predict_facts "
+            "(phantomlens predict --facts FILE)"
+        )
     kappa, source = resolve_kappa(kappa, calibration, config, variant)  # bad κ: fail before loading
-    config, model, tokenizer, spec = setup_run(config, model, tokenizer, {})
+    config, model, tokenizer = load_for_run(config, model, tokenizer, {})
+    from phantomlens.facttrain import single_fact
+
+    fact = single_fact(config, tokenizer)
+    if fact is not None:
+        return _predict_fact(config, model, tokenizer, fact, (kappa, source), variant)
+    spec = resolve_run_context(config, tokenizer, model)
     factors = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
     zero, (first_order, simulated, two_point, velocity_mid), spent = _measure(model, config, spec, factors)
     total = sum(factors)
@@ -240,6 +251,49 @@ def predict_critical_lr(
         schedule=config.schedule,
         model=config.model,
         context={"text": spec.text, "target": spec.target, "competitor": spec.competitor},
+    )
+
+
+def _predict_fact(config, model, tokenizer, fact, kappa: tuple[float, str], variant: str) -> Prediction:
+    """A single fact of several tokens (or a chat prompt): the first-order prediction on the
+    sequence margin, the definition the fact-set prediction uses with N = 1."""
+    from phantomlens.factpredict import measure_facts
+    from phantomlens.facttrain import _tokenized
+
+    if variant != "first-order":
+        raise PhantomLensError(
+            f"the {variant} variant is defined for single-token contexts; a fact of several tokens "
+            "(or a chat prompt) is predicted first-order: use --variant first-order"
+        )
+    tokenized = _tokenized(tokenizer, model, [fact])
+    total = sum(schedule_factors(config.steps, config.schedule, config.warmup_fraction))
+    _, (record,) = measure_facts(model, config, tokenized, total, 1.0)
+    chosen = tokenized[0].fact
+    return Prediction(
+        eta_c=None if record.eta_c_single is None else record.eta_c_single / kappa[0],
+        variant=variant,
+        eta_c_first_order=record.eta_c_single,
+        eta_c_simulated=None,
+        eta_c_two_point=None,
+        margin_velocity_mid=None,
+        margin_initial=record.margin_initial,
+        margin_velocity=record.velocity_single,
+        schedule_sum=total,
+        kappa=kappa[0],
+        kappa_source=kappa[1],
+        passes={"forward": 3, "backward": 3},
+        mode=config.mode,
+        optimizer=config.optimizer,
+        steps=config.steps,
+        schedule=config.schedule,
+        model=config.model,
+        context={
+            "text": chosen.prompt,
+            "target": chosen.target,
+            "competitor": chosen.competitor,
+            "chat": chosen.chat,
+            "branch": tokenized[0].branch,
+        },
     )
 
 
@@ -274,42 +328,3 @@ def _measure(model, config, spec, factors: list[float]):
     finally:
         torch.set_rng_state(rng)
     return zero, (first_order, simulated, two_point, velocity_mid), spent
-
-
-def resolve_kappa(
-    kappa: float | None, calibration, config, variant: str = "first-order"
-) -> tuple[float, str]:
-    """κ given directly, from a calibration file (per mode and optimiser), or 1 (uncalibrated)."""
-    if kappa is not None:
-        if not (math.isfinite(kappa) and kappa > 0):
-            raise PhantomLensError(f"kappa must be a positive number, got {kappa}")
-        return float(kappa), "given"
-    if calibration is None:
-        return 1.0, "uncalibrated"
-    if isinstance(calibration, dict):
-        data, where = calibration, "calibration dict"
-    else:
-        path = Path(calibration)
-        data = read_json(path, "calibration file", "make one with phantomlens calibrate")
-        where = str(path)
-    return _kappa_entry(data, where, f"{config.mode}/{config.optimizer}/{variant}")
-
-
-def _kappa_entry(data, where: str, key: str) -> tuple[float, str]:
-    """κ for ``key`` from a calibration file's contents, checked against the file's schema."""
-    table = data.get("kappa") if isinstance(data, dict) else None
-    if not isinstance(table, dict):
-        raise PhantomLensError(
-            f"{where} is not a calibration file (no 'kappa' table); make one with phantomlens calibrate"
-        )
-    entry = table.get(key)
-    if entry is None:
-        raise PhantomLensError(f"{where} has no κ for {key}; it has {', '.join(map(str, table)) or 'none'}")
-    value = entry.get("value") if isinstance(entry, dict) else None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise PhantomLensError(f"{where}: κ for {key} must be a positive number, got {value!r}")
-    return float(value), f"{where} [{key}]"

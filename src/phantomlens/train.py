@@ -13,7 +13,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +21,7 @@ import torch
 from phantomlens.contexts import ResolvedContext
 from phantomlens.errors import PhantomLensError
 from phantomlens.forward import evaluation, last_token_logits, output_embedding
+from phantomlens.loop import Outcome, check_divergence
 from phantomlens.results import RunEvents, RunSummary
 from phantomlens.rundir import RunResult
 from phantomlens.session import (
@@ -39,19 +39,6 @@ from phantomlens.transitions import analyze, summary_fields
 __all__ = ["DEFAULT_LR", "RunConfig", "RunResult", "finetune"]
 
 StepCallback = Callable[[int, dict], bool | None]
-
-
-@dataclass
-class Outcome:
-    """How the loop ended."""
-
-    status: str = "completed"  # or "diverged"
-    reason: str = ""
-    diverged_step: int | None = None
-    stopped_early: bool = False
-    stop_reason: str = ""
-    updates: int = 0
-    cutoff: float | None = None
 
 
 class TrainingLoop:
@@ -128,23 +115,6 @@ class TrainingLoop:
         if not math.isfinite(row["loss"]) or not bool(torch.isfinite(logits).all()):
             self.outcome.status, self.outcome.reason = "diverged", "non-finite loss or logits"
             self.outcome.diverged_step = self.outcome.updates
-
-
-def check_divergence(outcome: Outcome, step: int, loss: float, finite: bool, vocab_size: int) -> bool:
-    """Whether step ``step`` diverged (non-finite, or the loss above the cut-off); records it.
-
-    The cut-off defaults to max(2 ln V, 2 × the first loss): far above anything training reaches.
-    """
-    if outcome.cutoff is None:
-        outcome.cutoff = max(2 * math.log(vocab_size), 2 * loss)
-    if not math.isfinite(loss) or not finite:
-        outcome.status, outcome.reason = "diverged", "non-finite loss or logits"
-    elif loss > outcome.cutoff:
-        outcome.status, outcome.reason = "diverged", f"loss {loss:.3g} above cut-off {outcome.cutoff:.3g}"
-    else:
-        return False
-    outcome.diverged_step = step
-    return True
 
 
 def finetune(
