@@ -13,8 +13,11 @@ killed study resumes where it stopped. The doc is written by ``tools.facts_doc``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +29,7 @@ STEPS = 50
 PLAN = (
     ("smollm2-135m", "lora", (1e-4, 3e-4, 1e-3)),
     ("smollm2-135m", "full", (3e-7, 1e-6, 3e-6)),
-    ("gemma-3-270m", "lora", (1e-4, 3e-4, 1e-3)),
+    ("gemma3-270m", "lora", (1e-4, 3e-4, 1e-3)),
 )
 
 
@@ -73,17 +76,36 @@ def run_missing_runs(model: str, mode: str, lrs: tuple[float, ...]) -> None:
         )
 
 
-def run_missing() -> None:
-    import os
+@contextlib.contextmanager
+def heavy() -> Iterator[None]:
+    """Hold the lock file named by $PHANTOMLENS_LOCK (if any) while one model works: on a small
+    machine two model processes at once slow each other down many times over."""
+    name = os.environ.get("PHANTOMLENS_LOCK")
+    if not name:
+        yield
+        return
+    import fcntl
 
+    with open(name, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def run_missing() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("PHANTOMLENS_THREADS", "2")))
     os.chdir(ROOT)  # the runs record the fact file as data/facts.jsonl
     for model, mode, lrs in PLAN:
         print(f"{model} {mode}", flush=True)
-        predict_missing(model, mode)
-        run_missing_runs(model, mode, lrs)
+        with heavy():
+            predict_missing(model, mode)
+        for lr in lrs:
+            with heavy():
+                run_missing_runs(model, mode, (lr,))
 
 
 def main(argv: list[str] | None = None) -> int:

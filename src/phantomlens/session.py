@@ -79,6 +79,12 @@ def precheck_context(config: RunConfig) -> None:
     if config.facts is not None:
         from phantomlens.facts import load_facts
 
+        given = [f"--{name}" for name in ("context", "target", "competitor") if getattr(config, name)]
+        if given:
+            raise PhantomLensError(
+                f"--facts trains the facts of a file; {', '.join(given)} names one context: "
+                "give one or the other"
+            )
         load_facts(config.facts)
         return
     if lookup_context(config.context) is None and not (config.context or "").strip():
