@@ -181,3 +181,17 @@ def test_a_diverging_fact_set_is_recorded(tmp_path):
     assert result.status == "diverged"
     assert all(f.outcome == "diverged" for f in result.summary.facts)
     assert not math.isnan(result.summary.loss_initial)
+
+
+def test_fact_names_with_mathtext_are_drawn_as_text(tmp_path):
+    model, tokenizer = make_tiny("llama")
+    hostile = [Fact(FACTS[0].prompt, "shame", "guilt", r"a $\notacmd$ b"), FACTS[1]]
+    path = write_facts(tmp_path / "hostile.jsonl", hostile)
+    finetune(
+        RunConfig(facts=str(path), steps=1, lr=1e-3),
+        model=model,
+        tokenizer=tokenizer,
+        out=tmp_path / "run",
+        progress=False,
+    )
+    assert (tmp_path / "run" / "overview.png").is_file()

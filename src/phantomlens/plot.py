@@ -113,10 +113,15 @@ def shade_jumps(ax: Axes, jumps: Iterable[dict]) -> None:
         ax.axvspan(jump["step_from"], jump["step"], color="gold", alpha=0.35, lw=0)
 
 
+def plain(text: str) -> str:
+    """User text drawn as itself: matplotlib would read ``$…$`` as mathtext (and fail on bad TeX)."""
+    return str(text).replace("$", r"\$")
+
+
 def _title(summary: dict) -> str:
     ctx, cfg = summary.get("context", {}), summary.get("config", {})
     flipped = ", flipped" if summary.get("flipped") else ", no flip"
-    return (
+    return plain(
         f"{ctx.get('text', '')!s} →{ctx.get('target', '')!s} vs{ctx.get('competitor', '')!s}   "
         f"[{cfg.get('mode', '')}, η={cfg.get('lr', '')}, {summary.get('status', '')}{flipped}]"
     )
@@ -178,7 +183,7 @@ def fact_set_figure(trajectory: pd.DataFrame, summary: dict) -> Figure:
     fig.colorbar(image, ax=heat_ax, label="margin ℓ(target) − ℓ(competitor)")
     silent = {f["name"] for f in summary["facts"] if f["silent"]}
     if len(margins) <= 40:
-        labels = [f"{n} (silent)" if n in silent else n for n in margins.index]
+        labels = [plain(f"{n} (silent)" if n in silent else n) for n in margins.index]
         heat_ax.set_yticks(range(len(margins)), labels, fontsize=7)
     else:
         heat_ax.set_ylabel(f"{len(margins)} facts, sorted by final margin")

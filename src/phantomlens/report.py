@@ -1,5 +1,10 @@
 """A self-contained HTML report of one or more runs: figures embedded, every user string escaped.
 
+Single-context runs and fact-set runs may be mixed in one page. A fact-set run gets a headline, its
+overview figure, a table of every fact and one collapsed ``<details>`` section per fact (silent
+failures and other failures first), with small, low-resolution figures so that a page for a
+hundred facts stays a few megabytes and quick to open.
+
 Figures are ``matplotlib.figure.Figure`` objects rendered by ``phantomlens.plot`` without pyplot,
 so writing a report from a notebook leaves its plotting backend alone. pandas and matplotlib are
 imported when a report is built, not when this module is imported.
@@ -15,11 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phantomlens.atomic import write_bytes_atomic
+from phantomlens.errors import PhantomLensError
 from phantomlens.version import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     import pandas as pd
     from matplotlib.figure import Figure
+
+    from phantomlens.factresults import FactOutcome
+    from phantomlens.factrun import FactSetResult
 
 #: One run as the report sees it: (run directory, summary, trajectory, events).
 Run = tuple[Path, dict, "pd.DataFrame", dict]
@@ -35,13 +46,16 @@ font-size:.85rem;font-weight:600;color:#fff} .success{background:#2e7d32} .kinem
 .structural{background:#c62828} .diverged{background:#555} .phantom{background:#6a1b9a}
 .geometric{background:#00838f} img{max-width:100%;border:1px solid #eee} .note{color:#444}
 code{background:#f5f5f7;padding:0 .25rem;border-radius:.2rem}
+details{border:1px solid #e3e3e6;border-radius:.3rem;margin:.3rem 0;padding:.2rem .6rem}
+summary{cursor:pointer} details[open]{padding-bottom:.6rem} details img{max-width:420px}
+table.facts th{position:sticky;top:0} table.facts tr:nth-child(even) td{background:#fafafa}
 """
 
 
-def _png(fig: Figure) -> str:
+def _png(fig: Figure, dpi: int = 100) -> str:
     from phantomlens.plot import figure_png
 
-    return "data:image/png;base64," + base64.b64encode(figure_png(fig, dpi=100)).decode()
+    return "data:image/png;base64," + base64.b64encode(figure_png(fig, dpi=dpi)).decode()
 
 
 def _e(value: Any) -> str:
@@ -205,6 +219,195 @@ def _overlay(runs: list[Run]) -> str:
     return f"<h2>Overlay of {len(runs)} runs</h2><img alt='overlay of all runs' src='{image}'>"
 
 
+# --- fact-set runs ---------------------------------------------------------------------------------
+
+#: Per-fact figures are thumbnails: a hundred of them must not make the page tens of megabytes.
+FACT_FIGSIZE = (4.2, 2.0)
+FACT_DPI = 72
+
+
+def fact_margin_figure(trajectory: pd.DataFrame, flip_step: int | None, jumps: list[dict]) -> Figure:
+    """One fact's sequence margin over the steps, small, with its jumps shaded."""
+    from phantomlens.plot import new_figure, plot_margin, shade_jumps
+
+    fig = new_figure(figsize=FACT_FIGSIZE)
+    # fixed margins: a constrained layout draws every figure twice, a third of a 100-fact report
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.22, top=0.86)
+    ax = plot_margin(trajectory, fig.add_subplot())
+    if flip_step is not None:  # the line without plot_margin's legend: "best" placement costs a third
+        ax.axvline(flip_step, color="tab:green", lw=1, ls=":")
+    shade_jumps(ax, jumps)
+    # plot_margin's title names the single-token margin; a fact's is the sequence margin
+    ax.set_title("sequence margin ℓ(target) − ℓ(competitor)", fontsize=8)
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.25)
+    return fig
+
+
+def fact_order(facts: list[FactOutcome]) -> list[FactOutcome]:
+    """Silent failures first, then the other failures, then successes; file order within each, so
+    a reader finds the facts that need attention at the top without losing the file's layout."""
+    ranked = sorted(enumerate(facts), key=lambda p: (_fact_rank(p[1]), p[0]))
+    return [fact for _, fact in ranked]
+
+
+def _fact_rank(fact: FactOutcome) -> int:
+    if fact.silent:
+        return 0
+    return 1 if fact.outcome != "success" else 2
+
+
+def _badges(outcome: str, silent: bool) -> str:
+    badge = f"<span class='badge {_e(outcome)}'>{_e(outcome)}</span>"
+    return badge + (" <span class='badge kinematic'>SILENT</span>" if silent else "")
+
+
+def _fact_set_headline(index: int, result: FactSetResult) -> str:
+    summary, run = result.summary, result.config
+    silent = summary.silent_failures
+    named = ", ".join(f"<code>{_e(n)}</code>" for n in silent) if silent else "none"
+    reason = f" ({_e(summary.status_reason)})" if summary.status_reason else ""
+    notes = "".join(f"<p class=note>note: {_e(n)}</p>" for n in summary.notes)
+    return (
+        f"<h2>Run {index}: fact set of {summary.n_facts} fact{'s' if summary.n_facts != 1 else ''}"
+        f" from <code>{_e(run.facts or 'one fact')}</code></h2>"
+        f"<p><b>{summary.n_flipped} of {summary.n_facts} flipped</b> at the end "
+        f"({summary.fraction_flipped:.0%}) · status {_e(summary.status)}{reason} · "
+        f"silent failures ({len(silent)}): {named}</p>{notes}"
+    )
+
+
+def _fact_set_facts(result: FactSetResult) -> str:
+    summary, run = result.summary, result.config
+    outcomes = ", ".join(f"{name} {count}" for name, count in summary.outcomes.items())
+    rows = [
+        ("model", run.model),
+        ("mode / optimiser / schedule", f"{run.mode} / {run.optimizer} / {run.schedule}"),
+        ("peak learning rate", f"{run.peak_lr:g}"),
+        ("steps", f"{summary.steps_completed} of {run.steps}"),
+        ("geometry", summary.geometry),
+        ("joint loss: start → end", f"{_num(summary.loss_initial)} → {_num(summary.loss_final)}"),
+        ("outcomes", outcomes),
+        ("embeddings", "bit-identical" if summary.embeddings_unchanged else "changed"),
+        ("run directory", str(result.out_dir)),
+    ]
+    body = "".join(f"<tr><th class=l>{_e(k)}</th><td class=l>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+_FACT_HEAD = ["fact", "outcome ▼", "margin 0 → end", "flip step", "loss 0 → end", "tokens t/c", "k*", "jumps"]
+
+
+def _fact_table(facts: list[FactOutcome], anchors: dict[str, str]) -> str:
+    """One row per fact, in ``fact_order``; a fact with a section below links to it."""
+    body = ""
+    for f in facts:
+        name = _e(f.name)
+        cell = f"<a href='#{anchors[f.name]}'>{name}</a>" if f.name in anchors else name
+        body += (
+            f"<tr><td class=l>{cell}</td><td class=l>{_badges(f.outcome, f.silent)}</td>"
+            f"<td>{_num(f.margin_initial, 3)} → {_num(f.margin_final, 3)}</td>"
+            f"<td>{'–' if f.flip_step is None else f.flip_step}</td>"
+            f"<td>{_num(f.loss_initial, 3)} → {_num(f.loss_final, 3)}</td>"
+            f"<td>{len(f.target_tokens)}/{len(f.competitor_tokens)}</td><td>{f.branch}</td>"
+            f"<td>{f.n_jumps} ({f.n_phantom_jumps} phantom)</td></tr>"
+        )
+    head = "".join(f"<th{' class=l' if i < 2 else ''}>{_e(h)}</th>" for i, h in enumerate(_FACT_HEAD))
+    return f"<table class=facts><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fact_details(result: FactSetResult, fact: FactOutcome, anchor: str, frozen: bool) -> str:
+    """One fact, collapsed: the fact as trained, its margin thumbnail, its jumps explained."""
+    events = result.fact_events(fact.name).to_dict()
+    image = _png(
+        fact_margin_figure(result.fact_trajectory(fact.name), fact.flip_step, events["jumps"]), FACT_DPI
+    )
+    flip = "never flipped" if fact.flip_step is None else f"flipped at step {fact.flip_step}"
+    parts = [
+        f"<details id={anchor}><summary><b>{_e(fact.name)}</b> {_badges(fact.outcome, fact.silent)} "
+        f"margin {_num(fact.margin_initial, 3)} → {_num(fact.margin_final, 3)} · {flip} · "
+        f"{fact.n_jumps} jump(s), {fact.n_phantom_jumps} phantom(s)</summary>",
+        f"<p>“{_e(fact.prompt)}” → <code>{_e(fact.target)}</code> vs <code>{_e(fact.competitor)}</code>"
+        f"{' (chat template)' if fact.chat else ''} · answer tokens {len(fact.target_tokens)}/"
+        f"{len(fact.competitor_tokens)}, branching at token k* = {fact.branch} · "
+        "figure: dotted green, the flip; gold, the jumps</p>",
+        f"<img alt='margin of fact {_e(fact.name)}' src='{image}'>",
+    ]
+    if events["jumps"]:
+        parts.append(_jumps_table(events["jumps"]))
+        parts += [f"<p class=note>{explain_jump(jump, frozen)}</p>" for jump in events["jumps"]]
+    else:
+        parts.append("<p class=note>No catapult-like jump: Φ changed smoothly throughout.</p>")
+    parts.append(_outcome_rule(events))
+    return "\n".join(parts) + "</details>"
+
+
+def _fact_set_section(index: int, result: FactSetResult, selected: set[str] | None) -> str:
+    ordered = fact_order(result.summary.facts)
+    position = {f.name: j for j, f in enumerate(result.summary.facts)}
+    # ids from positions, not names: a name is user text and may hold anything
+    shown = [f for f in ordered if selected is None or f.name in selected]
+    anchors = {f.name: f"run{index}-fact{position[f.name]}" for f in shown}
+    frozen = result.summary.embeddings_unchanged
+    which = "every fact" if selected is None else f"{len(shown)} of {len(ordered)} facts (--facts)"
+    parts = [
+        _fact_set_headline(index, result),
+        _fact_set_facts(result),
+        f"<img alt='overview of run {index}' src='{_png(result.plot())}'>",
+        "<p class=note>Silent failures first, then the other failures, then successes.</p>",
+        _fact_table(ordered, anchors),
+        f"<h3>Per fact: {which}, collapsed</h3>",
+        *(_fact_details(result, f, anchors[f.name], frozen) for f in shown),
+    ]
+    return "\n".join(parts)
+
+
+def read_fact_names(path: str | Path) -> list[str]:
+    """The fact names a ``--facts`` file lists: a fact file (.jsonl or .csv, as ``run --facts``
+    takes: each fact's name, or its prompt when it has none), or any other text file holding one
+    name per line."""
+    from phantomlens.facts import load_facts
+
+    path = Path(path)
+    if path.suffix.lower() in (".jsonl", ".json", ".csv"):
+        return [fact.label for fact in load_facts(path)]
+    if not path.is_file():
+        raise PhantomLensError(f"fact list {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PhantomLensError(
+            f"fact list {path} cannot be read as UTF-8 text ({type(exc).__name__})"
+        ) from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise PhantomLensError(f"fact list {path} names no facts")
+    return names
+
+
+def check_fact_names(entries: list[Run | FactSetResult], names: Iterable[str]) -> set[str]:
+    """``names`` as a set, once every one is a fact of some fact-set run among ``entries``."""
+    from phantomlens.factrun import FactSetResult
+
+    fact_sets = [e for e in entries if isinstance(e, FactSetResult)]
+    if not fact_sets:
+        raise PhantomLensError(
+            f"facts were selected (--facts), but none of the {len(entries)} run directories holds "
+            "a fact-set run (phantomlens run --facts FILE makes one)"
+        )
+    known = {f.name for result in fact_sets for f in result.summary.facts}
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        listed = ", ".join(repr(n) for n in unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        raise PhantomLensError(f"no fact-set run given has a fact named {listed}")
+    return set(names)
+
+
+# --- loading and the page -----------------------------------------------------------------------
+
+
 def load_runs(run_dirs: list[str | Path]) -> list[Run]:
     """Each run's summary, trajectory and events, validated on reading (so every number in the page
     is a number); runs stored without events.json are analysed in memory, not rewritten."""
@@ -217,16 +420,36 @@ def load_runs(run_dirs: list[str | Path]) -> list[Run]:
     return runs
 
 
-def build_report(run_dirs: list[str | Path]) -> str:
-    runs = load_runs(run_dirs)
-    sections = [_run_section(i, *run) for i, run in enumerate(runs, start=1)]
-    if len(runs) > 1:
-        sections.insert(0, _overlay(runs))
+def load_any(run_dirs: list[str | Path]) -> list[Run | FactSetResult]:
+    """Every run, single-context or fact-set, in the order given; all are read and validated
+    before any figure is drawn, so a bad directory fails fast and nothing is written."""
+    from phantomlens.factresults import is_fact_set
+    from phantomlens.factrun import FactSetResult
+
+    entries: list[Run | FactSetResult] = []
+    for run_dir in map(Path, run_dirs):
+        entries.append(FactSetResult.load(run_dir) if is_fact_set(run_dir) else load_runs([run_dir])[0])
+    return entries
+
+
+def build_report(run_dirs: list[str | Path], facts: Iterable[str] | None = None) -> str:
+    """The page for ``run_dirs``; ``facts`` (names) limits fact-set runs' per-fact sections."""
+    from phantomlens.factrun import FactSetResult
+
+    entries = load_any(run_dirs)
+    selected = None if facts is None else check_fact_names(entries, facts)
+    sections = [
+        _fact_set_section(i, e, selected) if isinstance(e, FactSetResult) else _run_section(i, *e)
+        for i, e in enumerate(entries, start=1)
+    ]
+    singles = [e for e in entries if not isinstance(e, FactSetResult)]
+    if len(singles) > 1:
+        sections.insert(0, _overlay(singles))
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
-        f"<title>phantomlens report ({len(runs)} run{'s' if len(runs) != 1 else ''})</title>"
+        f"<title>phantomlens report ({len(entries)} run{'s' if len(entries) != 1 else ''})</title>"
         f"<style>{STYLE}</style></head><body>"
         "<h1>phantomlens report</h1>"
         f"<p class=meta>phantomlens {_e(__version__)} · generated {stamp} · "
@@ -238,7 +461,7 @@ def build_report(run_dirs: list[str | Path]) -> str:
     )
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
+def write_report(run_dirs: list[str | Path], out: str | Path, facts: Iterable[str] | None = None) -> Path:
     out = Path(out)
-    write_bytes_atomic(out, build_report(run_dirs).encode())
+    write_bytes_atomic(out, build_report(run_dirs, facts).encode())
     return out
