@@ -87,7 +87,7 @@ def _by_category(facts: list[Fact], done: list[TokenizedFact]) -> dict[str, dict
 
 
 def _problems(report: dict[str, Any]) -> list[str]:
-    problems = [f"{len(report['failures'])} facts fail to tokenise"] if report["failures"] else []
+    problems = [f"facts that fail to tokenise: {len(report['failures'])}"] if report["failures"] else []
     if report["facts"] < MIN_FACTS:
         problems.append(f"only {report['facts']} facts; at least {MIN_FACTS} are needed")
     if report["multi_token_share"] < MIN_MULTI_TOKEN_SHARE:
@@ -120,7 +120,9 @@ def validate_model(facts: list[Fact], model: str, tokenizer: Any) -> dict[str, A
     return report
 
 
-def validate(path: str | Path = DEFAULT_FILE, models: Sequence[str] = tuple(BUILTIN_MODELS)) -> dict[str, Any]:
+def validate(
+    path: str | Path = DEFAULT_FILE, models: Sequence[str] = tuple(BUILTIN_MODELS)
+) -> dict[str, Any]:
     """Load the facts at ``path`` and check them against each model's tokenizer."""
     facts = load_facts(path)
     reports = [validate_model(facts, model, load_tokenizer(model)) for model in models]
@@ -128,7 +130,7 @@ def validate(path: str | Path = DEFAULT_FILE, models: Sequence[str] = tuple(BUIL
 
 
 def _branch_text(branches: dict[str, int]) -> str:
-    return " ".join(f"k{k}={n}" for k, n in branches.items())
+    return " ".join(f"k{k}={n}" for k, n in branches.items()) or "-"
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -138,9 +140,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'model':<14} {'facts':>5} {'single':>6} {'multi':>5} {'multi%':>7} {'max len':>7}  branch k*",
     ]
     for r in report["models"]:
+        branches = _branch_text(r["branch_positions"])
         lines.append(
             f"{r['model']:<14} {r['facts']:>5} {r['single_token']:>6} {r['multi_token']:>5} "
-            f"{r['multi_token_share']:>7.1%} {r['max_answer_tokens']:>7}  {_branch_text(r['branch_positions'])}"
+            f"{r['multi_token_share']:>7.1%} {r['max_answer_tokens']:>7}  {branches}"
         )
     for r in report["models"]:
         cats = ", ".join(f"{name} {c['multi_token']}/{c['facts']}" for name, c in r["categories"].items())
@@ -152,10 +155,16 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tools.validate_facts", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.validate_facts", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("file", nargs="?", default=str(DEFAULT_FILE), help="a .jsonl or .csv fact file")
     parser.add_argument(
-        "--models", nargs="+", default=list(BUILTIN_MODELS), choices=list(BUILTIN_MODELS), metavar="MODEL",
+        "--models",
+        nargs="+",
+        default=list(BUILTIN_MODELS),
+        choices=list(BUILTIN_MODELS),
+        metavar="MODEL",
         help=f"built-in models whose tokenizers are used (default: all: {', '.join(BUILTIN_MODELS)})",
     )
     parser.add_argument("--json", metavar="OUT", help="also write the report as JSON to OUT")
