@@ -125,7 +125,7 @@ def same_at_printed_precision(text: str, value: float) -> bool:
 
 
 BAD_INPUTS = [
-    (["--target", " remorsefulness", "--competitor", " guilt"], "tokens for this tokenizer"),
+    (["--target", " remorsefulness"], "competitor must be given"),
     (["--target", " shame", "--competitor", "shame"], "same token as the target"),
     (["--context", "  ", "--target", " shame", "--competitor", " guilt"], "context is empty"),
     (["--target", " shame", "--competitor", " guilt", "--mode", "qlora"], "invalid choice"),

@@ -245,7 +245,11 @@ def test_a_failing_run_is_one_error_line_that_says_how_to_resume(reference, tmp_
         "--model",
         tiny,
         "--contexts",
-        "weary",
+        "shame",
+        "--mode",
+        "lora",
+        "--lora-target-modules",
+        "no_such_projection",
         "--steps",
         "2",
         "--workers",
@@ -256,8 +260,8 @@ def test_a_failing_run_is_one_error_line_that_says_how_to_resume(reference, tmp_
     _, err = proc.communicate(timeout=300)
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1
-    assert lines[0].startswith("error: the predict of weary failed in its worker")
-    assert "tokens for this tokenizer" in lines[0] and "rerun the same command" in lines[0]
+    assert lines[0].startswith("error: the predict of shame failed in its worker")
+    assert "LoRA could not be applied" in lines[0] and "rerun the same command" in lines[0]
 
 
 @pytest.mark.integration  # whole sweeps in worker processes: minutes

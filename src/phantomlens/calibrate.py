@@ -6,6 +6,8 @@ A sweep stores, per context, the measured η_c and the κ = 1 predictions η̂�
 over the calibration contexts; its spread (coefficient of variation
 and the standard deviation of log κ) says whether κ is the universal quantity the method hopes.
 The blind test calibrates on every model but one and predicts the held-out model's contexts.
+Sweeps over a fact file (``phantomlens sweep --facts``) have the same table, a row per fact; with
+``facts``, only the rows of that file's facts are calibrated on.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def load_sweeps(sweep_dirs: list[str | Path]) -> pd.DataFrame:
-    """The critical-LR rows of several sweeps that have both a measured and a predicted η_c."""
+def load_sweeps(sweep_dirs: list[str | Path], facts: str | Path | None = None) -> pd.DataFrame:
+    """The critical-LR rows of several sweeps that have both a measured and a predicted η_c
+    (with ``facts``, a fact file: only the rows of its facts)."""
     import pandas as pd
 
+    names = fact_names(facts) if facts is not None else None  # a bad file fails before any sweep is read
     frames = []
     for directory in map(Path, sweep_dirs):
         path = directory / "critical_lr.parquet"
@@ -32,6 +36,13 @@ def load_sweeps(sweep_dirs: list[str | Path]) -> pd.DataFrame:
             raise PhantomLensError(f"{directory} has no critical_lr.parquet; run phantomlens sweep first")
         frames.append(_read_table(path))
     table = pd.concat(frames, ignore_index=True)
+    if names is not None:
+        table = table[table["context"].isin(names)]
+        if table.empty:
+            raise PhantomLensError(
+                f"no row of these sweeps is a fact of {facts}; sweep its facts first "
+                f"(phantomlens sweep --facts {facts})"
+            )
     long = []
     for variant, column in VARIANT_COLUMNS.items():
         if column not in table:
@@ -49,6 +60,13 @@ def load_sweeps(sweep_dirs: list[str | Path]) -> pd.DataFrame:
     table["kappa_i"] = table["eta_c_predicted_kappa1"].astype(float) / table["eta_c"].astype(float)
     table["key"] = table["mode"] + "/" + table["optimizer"] + "/" + table["variant"]
     return table
+
+
+def fact_names(facts: str | Path) -> set[str]:
+    """The names a sweep over the fact file ``facts`` gives its rows: each fact's label."""
+    from phantomlens.facts import load_facts
+
+    return {fact.label for fact in load_facts(facts)}
 
 
 #: Columns a sweep's critical-LR table must have, with the kind of value each holds.
@@ -172,8 +190,9 @@ def blind_test(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def calibrate(sweep_dirs: list[str | Path]) -> dict:
-    table = load_sweeps(sweep_dirs)
+def calibrate(sweep_dirs: list[str | Path], facts: str | Path | None = None) -> dict:
+    """κ fitted on the sweeps' rows (with ``facts``: the rows of that fact file's facts only)."""
+    table = load_sweeps(sweep_dirs, facts)
     kappa = fit_kappa(table)
     blind = blind_test(table)
     summary = []
@@ -198,4 +217,5 @@ def calibrate(sweep_dirs: list[str | Path]) -> dict:
             orient="records"
         ),
         "sweeps": [str(d) for d in sweep_dirs],
+        **({"facts": str(facts)} if facts is not None else {}),  # absent: calibrated as before
     }

@@ -141,17 +141,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from phantomlens.sweep import Sweep
 
     config = from_namespace(SweepConfig, args)
-    table = Sweep(config, args.out).run(progress=None if not args.json else False)
+    sweep = Sweep(config, args.out)  # a bad fact file or setting fails here, before any model loads
+    table = sweep.run(progress=None if not args.json else False)
     if args.json:
         from phantomlens.results import load_sweep_summary
 
         print(load_sweep_summary(args.out).to_json())
         return 0
+    what = "fact set" if config.joint else "fact" if config.fact_file else "context"
     if config.grid:
         lrs = sorted(table["lr"].unique())
         cells = {(r.context, r.lr): r.outcome for r in table.itertuples()}
         rows = [[c, *(cells.get((c, lr), "-") for lr in lrs)] for c in dict.fromkeys(table["context"])]
-        print(_table(rows, ["context", *(_fmt(lr) for lr in lrs)]))
+        print(_table(rows, [what, *(_fmt(lr) for lr in lrs)]))
         print(f"written   {Path(args.out) / 'grid.parquet'}")
         return 0
     rows = [
@@ -167,7 +169,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         ]
         for r in table.itertuples()
     ]
-    print(_table(rows, ["context", "eta_c", "low", "high", "eta_max", "runs", "predicted(κ=1)", "note"]))
+    print(_table(rows, [what, "eta_c", "low", "high", "eta_max", "runs", "predicted(κ=1)", "note"]))
+    if config.joint:  # what the set's η_c rests on: the fraction flipped at every LR tried
+        name = sweep.contexts[0]
+        tried = sorted(sweep.records(name).items())
+        print("flipped   " + ", ".join(f"{r.fraction_flipped:.0%} at {_fmt(lr)}" for lr, r in tried))
     print(f"written   {Path(args.out) / 'critical_lr.parquet'}")
     return 0
 
@@ -178,6 +184,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from phantomlens.settings import RunConfig
 
     config = from_namespace(RunConfig, args)
+    if config.facts is not None:
+        from phantomlens.clifacts import predict_fact_file
+
+        return predict_fact_file(config, args)
+    if args.csv is not None or args.quantile != 1.0:
+        raise PhantomLensError("--csv and --quantile go with --facts FILE")
     prediction = predict_critical_lr(
         config, kappa=args.kappa, calibration=args.calibration, variant=args.variant
     )
@@ -211,7 +223,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from phantomlens.calibrate import calibrate
 
     check_output_file(Path(args.out))
-    result = calibrate(args.sweep_dirs)
+    result = calibrate(args.sweep_dirs, facts=args.facts)
     write_json_atomic(Path(args.out), result)
     if args.json:
         print(strict_json(result), end="")
@@ -261,10 +273,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from phantomlens.atomic import check_output_file
-    from phantomlens.report import write_report
+    from phantomlens.report import read_fact_names, write_report
 
     check_output_file(Path(args.out))
-    out = write_report(args.run_dirs, args.out)
+    # the list is read before any run, so a bad --facts file fails before minutes of drawing
+    names = read_fact_names(args.facts) if args.facts else None
+    out = write_report(args.run_dirs, args.out, facts=names)
     print(f"written {out} ({len(args.run_dirs)} run{'s' if len(args.run_dirs) != 1 else ''})")
     return 0
 
@@ -512,6 +526,12 @@ def _add_report(sub) -> None:
         "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (phantomlens run --out)"
     )
     report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    report.add_argument(
+        "--facts",
+        metavar="FILE",
+        help="fact-set runs: give per-fact sections only to the facts in FILE (a .jsonl/.csv fact file, "
+        "or one name per line); the overview and the table still cover every fact",
+    )
     report.set_defaults(func=cmd_report)
 
 
@@ -521,8 +541,10 @@ def _add_sweep(sub) -> None:
 
     sweep = sub.add_parser(
         "sweep",
-        help="measure η_c (and η_max) per context by bisection",
-        description="Bracket and bisect the critical learning rate in log-LR. "
+        help="measure η_c (and η_max) per context or per fact by bisection",
+        description="Bracket and bisect the critical learning rate in log-LR, per built-in context, "
+        "per fact of --facts FILE (each trained alone), or of the whole set with --joint: "
+        "η_c(F, q), the smallest peak LR at which at least a fraction q of the facts end flipped. "
         "Resumable: rerun the same command to continue a killed sweep.",
     )
     add_arguments(sweep, SweepConfig, exclude=PER_RUN_FIELDS)
@@ -552,6 +574,15 @@ def _add_predict(sub) -> None:
         "the formula of docs/critical-lr.md; simulated, the margin followed through Adam's shrinking "
         "step; two-point, the margin velocity re-measured half-way (default: first-order)",
     )
+    predict.add_argument(
+        "--quantile",
+        type=float,
+        default=1.0,
+        help="with --facts: the fraction q of facts that must flip, for η̂_c(F, q) (default: 1)",
+    )
+    predict.add_argument(
+        "--csv", metavar="FILE", help="with --facts: also write the per-fact table as CSV to FILE"
+    )
     predict.add_argument("--json", action="store_true", help="print the prediction as JSON")
     predict.set_defaults(func=cmd_predict)
 
@@ -570,6 +601,9 @@ def _add_model_commands(sub) -> None:
     )
     calibrate.add_argument(
         "--out", default="calibration.json", help="calibration file to write (default: calibration.json)"
+    )
+    calibrate.add_argument(
+        "--facts", metavar="FILE", help="fit κ only on the rows of the facts of FILE (sweep --facts FILE)"
     )
     calibrate.add_argument("--json", action="store_true", help="print the calibration as JSON")
     calibrate.set_defaults(func=cmd_calibrate)

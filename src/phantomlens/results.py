@@ -475,6 +475,14 @@ class SweepRunRecord(StoredResult):
     device: str | None = newer()
     run: dict[str, Any]  # the run's settings as written (a few keys, later the full RunConfig)
     model: str
+    # Sweeps over a fact file (docs/critical-lr.md, "Facts"): the evidence a resume is checked
+    # against, and what a fact-set run adds. In a joint run (``quantile`` set) the per-run fields
+    # above describe the set: see ``sweep.joint_record``.
+    facts_sha256: str | None = newer()  # the fact file's facts, hashed (per-fact and joint sweeps)
+    quantile: float | None = newer()  # q of a joint run: success iff ≥ q of its facts end flipped
+    fraction_flipped: float | None = newer()  # fact-set runs: the fraction of facts flipped at the end
+    n_flipped: int | None = newer()
+    n_facts: int | None = newer()
 
     def validate(self) -> None:
         if self.verdict != verdict_of(self.outcome):
@@ -483,6 +491,30 @@ class SweepRunRecord(StoredResult):
             )
         if "context" not in self.run:
             raise PhantomLensError(f"{self.what}: run lacks its context")
+        if self.quantile is not None:
+            self._validate_joint()
+
+    def _validate_joint(self) -> None:
+        """A joint run's verdict follows from its status, its facts flipped and q (nothing else)."""
+        if self.n_facts is None or self.n_flipped is None or not 0 <= self.n_flipped <= self.n_facts:
+            raise PhantomLensError(f"{self.what}: a joint run needs 0 ≤ n_flipped ≤ n_facts")
+        if not 0 < self.quantile <= 1:
+            raise PhantomLensError(f"{self.what}: quantile must be in (0, 1], got {self.quantile!r}")
+        if self.status == "diverged":
+            expected = DIVERGED
+        else:
+            expected = SUCCESS if self.n_flipped >= self.needed(self.quantile, self.n_facts) else FAILURE
+        if self.verdict != expected:
+            raise PhantomLensError(
+                f"{self.what}: verdict {self.verdict!r} contradicts {self.n_flipped} of {self.n_facts} "
+                f"facts flipped at q = {self.quantile:g}"
+            )
+
+    @staticmethod
+    def needed(quantile: float, n_facts: int) -> int:
+        """Facts that must end flipped for a fraction ≥ q: ⌈q·N⌉, with q·N = 7.000000000000001
+        (q = 0.7, N = 10) counted as 7, not 8."""
+        return max(1, math.ceil(quantile * n_facts - 1e-9))
 
     @property
     def context(self) -> str:

@@ -174,8 +174,9 @@ class RunConfig(JsonConfig):
         return self.replace(lr=self.peak_lr)
 
 
-#: RunConfig fields a sweep sets per run, so its flags do not offer them.
-PER_RUN_FIELDS = ("context", "target", "competitor", "lr", "early_stop", "stop")
+#: RunConfig fields a sweep sets per run, so its flags do not offer them (``facts`` is the sweep's
+#: own setting: per fact, or the whole set jointly).
+PER_RUN_FIELDS = ("context", "target", "competitor", "facts", "lr", "early_stop", "stop")
 
 
 @dataclass
@@ -184,6 +185,21 @@ class SweepConfig(JsonConfig):
 
     run: RunConfig = group(RunConfig, "the settings every run of the sweep shares")
     contexts: list[str] | None = option(None, "built-in context names (default: all built-in contexts)")
+    # Not ``facts``: that name is the run's own fact file (every fact trained in each run).
+    fact_file: str | None = option(
+        None,
+        "a fact file (.jsonl or .csv): measure η_c of every fact, each trained alone, instead of "
+        "built-in contexts (with --joint: one η_c(F, q) of the whole set trained jointly)",
+        flag="--facts",
+    )
+    joint: bool = option(
+        False, "with --facts: every run trains all facts jointly; measure η_c(F, q) of the set"
+    )
+    quantile: float = option(
+        1.0,
+        "with --joint: the fraction q of the facts that must end flipped for a run to succeed",
+        check=UNIT_INTERVAL,
+    )
     tolerance: float = option(
         0.01, "stop bisecting when the bracket's high/low ratio is ≤ 1 + tolerance", check=OPEN_FRACTION
     )
@@ -210,12 +226,29 @@ class SweepConfig(JsonConfig):
     )
 
     def validate(self) -> None:
+        self._validate_subject()
         if self.min_lr >= self.max_lr:
             raise PhantomLensError(f"min_lr ({self.min_lr:g}) must be below max_lr ({self.max_lr:g})")
         if self.start_lr is not None and not self.min_lr <= self.start_lr <= self.max_lr:
             raise PhantomLensError(
                 f"start_lr ({self.start_lr:g}) must lie within [min_lr, max_lr] "
                 f"= [{self.min_lr:g}, {self.max_lr:g}]"
+            )
+
+    def _validate_subject(self) -> None:
+        """What a sweep measures is one of: built-in contexts, each fact alone, or the set jointly."""
+        if self.fact_file is not None and not self.fact_file.strip():
+            raise PhantomLensError("fact_file (--facts) is empty; give a .jsonl or .csv fact file")
+        if self.fact_file is not None and self.contexts is not None:
+            raise PhantomLensError("give --facts or --contexts, not both: a sweep measures one kind")
+        if self.joint and self.fact_file is None:
+            raise PhantomLensError("--joint needs --facts FILE: it trains the facts of that file jointly")
+        if self.quantile != 1.0 and not self.joint:
+            raise PhantomLensError("--quantile goes with --joint (the fraction of the set that must flip)")
+        if self.run.facts is not None:
+            # The run's own fact file would silently replace every run's context.
+            raise PhantomLensError(
+                "a sweep takes its fact file as fact_file (--facts FILE), not as run.facts"
             )
 
 

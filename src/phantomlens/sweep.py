@@ -1,6 +1,9 @@
 """Critical-LR sweeps (docs/critical-lr.md): bracket then bisect in log-LR, resumable, local or Ray.
 
 η_c is the smallest peak LR whose run ends in ``success``; η_max the smallest that diverges.
+A sweep measures built-in contexts, or the facts of a fact file each trained alone (a fact is then
+searched as a context is), or with ``joint`` the whole set trained jointly: η_c(F, q) is the
+smallest peak LR at which at least a fraction q of the facts end flipped.
 The next LR to try is a pure function of the runs already recorded (``plan``), so a sweep that
 was killed resumes by replaying its records: nothing finished is redone or lost. Every run's
 record is written atomically as it completes, so two sweeps on one directory can at worst
@@ -12,16 +15,22 @@ Layout of a sweep directory::
     DIR/runs/<model>/<mode>/<context>/lr=<η>.json    one record per finished run
     DIR/predictions/<model>/<mode>/<context>.json    η̂_c at κ = 1 (the bracket's starting point)
     DIR/critical_lr.parquet, DIR/summary.json        results, rewritten as contexts finish
+
+where <context> is a built-in context's name, a fact's label in a safe form (``subject_key``), or
+the fact set's row name (``joint(q=1)``, also in a safe form).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import hashlib
+import json
 import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +41,14 @@ from phantomlens.atomic import check_output_dir, write_bytes_atomic, write_json_
 from phantomlens.errors import PhantomLensError, one_line
 from phantomlens.results import (
     DIVERGED,
+    FAILURE,
     SUCCESS,
     Prediction,
     SweepRunRecord,
     SweepSummary,
     load_prediction,
     load_sweep_record,
+    verdict_of,
 )
 from phantomlens.settings import DEFAULT_LR, RunConfig, SweepConfig
 
@@ -46,6 +57,10 @@ __all__ = ["Sweep", "SweepConfig", "plan", "sweep"]
 
 #: Run settings that may differ between the records of one sweep directory: everything else must match.
 PER_RECORD = ("context", "lr", "device")
+
+#: Run settings a record of a known subject may differ in from what this sweep would run now: the
+#: fact file's path (its facts are compared by ``facts_sha256``, so a moved file still resumes).
+PER_SUBJECT_RECORD = ("lr", "device", "facts")
 
 #: What a grid's table keeps of each run record.
 GRID_FIELDS = (
@@ -195,13 +210,115 @@ def execute(task: dict) -> dict:
     config = RunConfig.from_dict(task["run"])
     base, tokenizer = _model(config.model, config.device)
     if task["kind"] == "predict":
-        from phantomlens.predict import predict_critical_lr
-
-        return predict_critical_lr(config, model=base, tokenizer=tokenizer).to_dict()
+        return _predict(config, base, tokenizer, optional=task.get("optional", False))
     started = time.perf_counter()
     result = finetune(config, model=copy.deepcopy(base), tokenizer=tokenizer, progress=False)
     wall = time.perf_counter() - started
-    return SweepRunRecord.from_run(result.summary, result.events, task["run"], wall).to_dict()
+    return run_record(result, task, wall).to_dict()
+
+
+def _predict(config: RunConfig, model, tokenizer, optional: bool) -> dict:
+    """The κ = 1 prediction; for a fact, its absence is no error (a fact's search then starts at the
+    mode's default LR), since not every fact can be predicted."""
+    from phantomlens.predict import predict_critical_lr
+
+    try:
+        return predict_critical_lr(config, model=model, tokenizer=tokenizer).to_dict()
+    except PhantomLensError as exc:
+        if not optional:
+            raise
+        return {"unavailable": one_line(exc)}
+
+
+def run_record(result, task: dict, wall: float) -> SweepRunRecord:
+    """The record of one finished run, judged as its subject asks: a context's or one fact's outcome,
+    or (a joint run, ``task["quantile"]`` set) whether at least q of the set's facts ended flipped."""
+    run, summary = task["run"], result.summary
+    if not hasattr(summary, "facts"):  # a single-token context: the classic run
+        record = SweepRunRecord.from_run(summary, result.events, run, wall)
+    elif task.get("quantile") is None:
+        record = fact_record(summary, result.events, run, wall)
+    else:
+        record = joint_record(summary, run, wall, task["quantile"])
+    return record.replace(facts_sha256=task.get("facts_sha256"))
+
+
+def _fact_set_fields(summary, run: dict, wall: float) -> dict:
+    """What every record of a fact-set run takes from the run as a whole."""
+    return {
+        "lr": run["lr"],
+        "status": summary.status,
+        "steps_completed": summary.steps_completed,
+        "embeddings_unchanged": summary.embeddings_unchanged,
+        "wall_time_s": round(wall, 2),
+        "device": summary.device,
+        "run": dict(run),
+        "model": run["model"],
+        "fraction_flipped": summary.fraction_flipped,
+        "n_flipped": summary.n_flipped,
+        "n_facts": summary.n_facts,
+    }
+
+
+def fact_record(summary, events, run: dict, wall: float) -> SweepRunRecord:
+    """A run of one fact (several answer tokens, or a chat prompt): that fact's outcome decides."""
+    fact = summary.facts[0]
+    detail = events.facts[fact.name].outcome_detail
+    return SweepRunRecord(
+        verdict=verdict_of(fact.outcome),
+        **{k: getattr(fact, k) for k in _FROM_FACT},
+        drag_change=detail.drag_change,
+        signal_max=detail.signal_max,
+        **_fact_set_fields(summary, run, wall),
+    )
+
+
+#: What a one-fact run's record copies from that fact's outcome.
+_FROM_FACT = (
+    "outcome", "silent", "flipped", "flip_step", "flipped_at_end", "margin_initial", "margin_final",
+    "loss_initial", "loss_final", "n_jumps", "n_phantom_jumps",
+)  # fmt: skip
+
+
+def joint_record(summary, run: dict, wall: float, quantile: float) -> SweepRunRecord:
+    """A joint run: success iff it completed with ≥ q of its facts flipped at the end.
+
+    The per-run fields describe the set through the fact that decides q, the k-th of N facts with
+    k = ⌈q·N⌉: the margins are the k-th largest, flipped / flip_step say when k facts had each
+    flipped once; the losses are the joint loss; silent says some fact failed silently; the
+    outcome of a failure is the commonest outcome of its unflipped facts. Drag and signal have no
+    single value for a set (NaN); each fact's are in a fact-set run of its own (``phantomlens run``).
+    """
+    facts, needed = summary.facts, SweepRunRecord.needed(quantile, summary.n_facts)
+    if summary.status == "diverged":
+        verdict = DIVERGED
+    else:
+        verdict = SUCCESS if summary.n_flipped >= needed else FAILURE
+    flips = sorted(f.flip_step for f in facts if f.flip_step is not None)
+    return SweepRunRecord(
+        verdict=verdict,
+        outcome={SUCCESS: "success", DIVERGED: "diverged"}.get(verdict) or _commonest_failure(facts),
+        silent=bool(summary.silent_failures),
+        flipped=len(flips) >= needed,
+        flip_step=flips[needed - 1] if len(flips) >= needed else None,
+        flipped_at_end=verdict == SUCCESS,
+        margin_initial=sorted((f.margin_initial for f in facts), reverse=True)[needed - 1],
+        margin_final=sorted((f.margin_final for f in facts), reverse=True)[needed - 1],
+        loss_initial=summary.loss_initial,
+        loss_final=summary.loss_final,
+        drag_change=math.nan,
+        signal_max=math.nan,
+        n_jumps=sum(f.n_jumps for f in facts),
+        n_phantom_jumps=sum(f.n_phantom_jumps for f in facts),
+        quantile=quantile,
+        **_fact_set_fields(summary, run, wall),
+    )
+
+
+def _commonest_failure(facts) -> str:
+    """The outcome most of the facts that did not end flipped had (ties: alphabetical)."""
+    failed = [f.outcome for f in facts if not f.flipped_at_end and f.outcome != "success"]
+    return max(sorted(set(failed)), key=failed.count) if failed else "kinematic"
 
 
 class _Backend:
@@ -278,11 +395,74 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+#: The longest directory name a subject keeps before it is shortened (and given a hash).
+MAX_KEY = 80
+
+
+def subject_key(name: str) -> str:
+    """A subject's directory name: the name itself when it is a safe file name, else its safe form
+    with a short hash of the name, so that two labels never share a directory ("a b" vs "a_b")."""
+    safe = _safe(name)[:MAX_KEY]
+    if safe == name and not name.startswith("."):
+        return name
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def facts_sha256(facts: list) -> str:
+    """The facts of a fact file, hashed: what a resumed sweep's records must have been made from."""
+    text = json.dumps([f.to_dict() for f in facts], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What one search measures η_c of: a built-in context, one fact trained alone, or a fact set
+    trained jointly. ``settings``: the RunConfig fields it sets on each of its runs."""
+
+    name: str  # its row in the results (the ``context`` column)
+    key: str  # its directory under runs/ and predictions/
+    settings: dict
+    prediction: str  # "required" (a failure fails the sweep), "optional" (facts) or "none" (a set)
+
+
+def subjects(config: SweepConfig) -> tuple[str | None, dict[str, Subject]]:
+    """The fact file's hash (None for built-in contexts) and the subjects of a sweep, by name."""
+    if config.fact_file is None:
+        from phantomlens.contexts import builtin_contexts, get_context
+
+        names = config.contexts or [c.name for c in builtin_contexts()]
+        names = list(dict.fromkeys(get_context(name).name for name in names))  # each once
+        return None, {n: Subject(n, n, {"context": n}, "required") for n in names}
+    from phantomlens.facts import load_facts
+
+    facts = load_facts(config.fact_file)  # a bad file is one error here, before any model loads
+    digest = facts_sha256(facts)
+    if config.joint:
+        name = f"joint(q={config.quantile:g})"
+        return digest, {name: Subject(name, subject_key(name), {"facts": config.fact_file}, "none")}
+    from phantomlens.contexts import lookup_context
+
+    found = {}
+    for fact in facts:
+        if lookup_context(fact.prompt) is not None:  # a run would read it as that context's name
+            raise PhantomLensError(
+                f"{config.fact_file}: the prompt of fact {fact.label!r} is the name of a built-in "
+                "context, so a run of it alone would train that context's text; write the prompt out"
+            )
+        settings = {
+            "context": fact.prompt,
+            "target": fact.target,
+            "competitor": fact.competitor or None,  # none given: the documented rule picks one
+            "chat": fact.chat or config.run.chat,
+        }
+        found[fact.label] = Subject(fact.label, subject_key(fact.label), settings, "optional")
+    return digest, found
+
+
 class Sweep:
-    """Drives the per-context searches; each run is one task on the backend."""
+    """Drives the per-subject searches; each run is one task on the backend."""
 
     def __init__(self, config: SweepConfig, out: str | Path) -> None:
-        from phantomlens.contexts import builtin_contexts, get_context
         from phantomlens.models import resolve_device
 
         self.config = config
@@ -290,17 +470,20 @@ class Sweep:
         if self.out.exists() and not self.out.is_dir():
             raise PhantomLensError(f"sweep directory {self.out} is a file; choose another output (out)")
         check_output_dir(self.out, overwrite=True)  # an existing sweep directory is resumed
-        names = config.contexts or [c.name for c in builtin_contexts()]
-        self.contexts = list(dict.fromkeys(get_context(name).name for name in names))  # each once
+        self.facts_sha256, self.subjects = subjects(config)
+        self.contexts = list(self.subjects)  # the subjects' names, in order
+        self.quantile = config.quantile if config.joint else None
+        self.unpredicted: dict[str, str] = {}  # subject -> why it has no prediction
         resolve_device(config.run.device)  # an unusable device fails here, not in every worker
         model = config.run.model
         self.model_tag = _safe(Path(model).name if os.path.exists(model) else model)
 
     def run_dir(self, context: str) -> Path:
-        return self.out / "runs" / self.model_tag / self.config.run.mode / context
+        return self.out / "runs" / self.model_tag / self.config.run.mode / self.subjects[context].key
 
     def prediction_path(self, context: str) -> Path:
-        return self.out / "predictions" / self.model_tag / self.config.run.mode / f"{context}.json"
+        key = self.subjects[context].key
+        return self.out / "predictions" / self.model_tag / self.config.run.mode / f"{key}.json"
 
     def records(self, context: str) -> dict[float, SweepRunRecord]:
         found = {}
@@ -316,7 +499,7 @@ class Sweep:
 
     def run_settings(self, context: str, lr: float | None = None) -> dict:
         """The full settings of one run of this sweep (what its record stores under ``run``)."""
-        run = self.config.run.replace(context=context, lr=lr).to_dict()
+        run = self.config.run.replace(**self.subjects[context].settings, lr=lr).to_dict()
         if lr is None:
             run["lr"] = None  # a prediction's task: no LR to resolve
         return run
@@ -327,10 +510,18 @@ class Sweep:
         The records are the evidence (each carries its run's settings), so a missing or damaged
         sweep.json cannot let a resume mix settings.
         """
-        now = _flat(self.config.run.to_dict())
+        shared = _flat(self.config.run.to_dict())
+        by_key = {s.key: s for s in self.subjects.values()}
         for path in sorted((self.out / "runs").glob("*/*/*/lr=*.json")):
-            before = _flat(load_sweep_record(path).run)
-            changed = [k for k in before if k not in PER_RECORD and k in now and before[k] != now[k]]
+            record = load_sweep_record(path)
+            self._check_facts(record, path)
+            subject = by_key.get(path.parent.name)
+            if subject is not None:  # compared with what this sweep would run for it now
+                now, ignore = _flat(self.run_settings(subject.name)), PER_SUBJECT_RECORD
+            else:  # a context this sweep does not search: only the settings all runs share
+                now, ignore = shared, PER_RECORD
+            before = _flat(record.run)
+            changed = [k for k in before if k not in ignore and k in now and before[k] != now[k]]
             if changed:
                 what = ", ".join(f"{k}: {before[k]!r} -> {now[k]!r}" for k in changed)
                 raise PhantomLensError(
@@ -338,6 +529,25 @@ class Sweep:
                     f"{path.parent.name}); use another --out, or the same settings to resume it"
                 )
         self._check_kind()
+
+    def _check_facts(self, record: SweepRunRecord, path: Path) -> None:
+        """Refuse records of another fact file, or of another q, or of the other kind of sweep."""
+        where = f"e.g. {path.name} of {path.parent.name}"
+        if record.facts_sha256 != self.facts_sha256:
+            before = "built-in contexts" if record.facts_sha256 is None else "facts of another fact file"
+            now = (
+                "built-in contexts" if self.facts_sha256 is None else f"the facts of {self.config.fact_file}"
+            )
+            raise PhantomLensError(
+                f"{self.out} holds runs of {before}, not of {now} ({where}); use another --out, "
+                "or the same fact file to resume it"
+            )
+        if record.quantile != self.quantile:
+            raise PhantomLensError(
+                f"{self.out} holds runs of {_facts_kind(record.quantile)}, not of "
+                f"{_facts_kind(self.quantile)} "
+                f"({where}); use another --out, or the same --joint/--quantile to resume it"
+            )
 
     def _check_kind(self) -> None:
         from phantomlens.atomic import read_json
@@ -404,14 +614,19 @@ class Sweep:
         busy: dict[str, set] = {}  # context -> LRs in flight (None: its prediction)
         if not self.config.start_lr and not self.config.grid:
             for context in self.contexts:
-                if not self.prediction_path(context).is_file():
-                    task = {"kind": "predict", "run": self.run_settings(context)}
+                task = self._prediction_task(context)
+                if task is not None:
                     pending[backend.submit(task)] = ("predict", context, None)
                     busy[context] = {None}
         while True:
             for context in self.contexts:
                 for lr in self.next_runs(context, busy.get(context, set())):
-                    task = {"kind": "run", "run": self.run_settings(context, lr)}
+                    task = {
+                        "kind": "run",
+                        "run": self.run_settings(context, lr),
+                        "facts_sha256": self.facts_sha256,
+                        "quantile": self.quantile,
+                    }
                     pending[backend.submit(task)] = ("run", context, lr)
                     busy.setdefault(context, set()).add(lr)
             if not pending:
@@ -423,7 +638,24 @@ class Sweep:
                 self._store(kind, context, lr, _result(future, kind, context, lr), bar)
             self.write_results()
 
+    def _prediction_task(self, context: str) -> dict | None:
+        """The task that predicts ``context``'s η_c at κ = 1, unless it is stored or cannot exist."""
+        subject = self.subjects[context]
+        if subject.prediction == "none" or self.prediction_path(context).is_file():
+            return None
+        run = self.run_settings(context)
+        return {"kind": "predict", "run": run, "optional": subject.prediction == "optional"}
+
     def _store(self, kind: str, context: str, lr: float | None, result: dict, bar) -> None:
+        if kind == "predict" and "unavailable" in result:
+            # Not stored: a later version that can predict this fact does so on resume.
+            self.unpredicted[context] = result["unavailable"]
+            warnings.warn(
+                f"phantomlens: no prediction for {context!r} ({result['unavailable']}); "
+                f"its search starts at {self.start_lr(context):g}",
+                stacklevel=2,
+            )
+            return
         if kind == "predict":
             Prediction.from_dict(result).write(self.prediction_path(context))
             return
@@ -466,7 +698,7 @@ class Sweep:
                     "eta_max_low": step.eta_max_low,
                     "runs_used": len(records),
                     "complete": step.next_lr is None,
-                    "note": step.note,
+                    "note": _note(step.note, context in self.unpredicted),
                     **_predicted(self.prediction(context)),
                     "steps_run": int(sum(r.steps_completed for r in records.values())),
                 }
@@ -493,6 +725,16 @@ class Sweep:
             self.out / "summary.json"
         )
         return table
+
+
+def _facts_kind(quantile: float | None) -> str:
+    if quantile is None:
+        return "the facts trained one at a time"
+    return f"the facts trained jointly at q = {quantile:g}"
+
+
+def _note(note: str, unpredicted: bool) -> str:
+    return "; ".join(filter(None, [note, "no prediction" if unpredicted else ""]))
 
 
 def _predicted(prediction: Prediction | None) -> dict:
