@@ -18,7 +18,7 @@ from tools.fmt import fmt, pct
 
 DOC = ROOT / "docs" / "facts.md"
 FIGURE = ROOT / "docs" / "figures" / "facts-overview.png"
-FIGURE_RUN = ("smollm2-135m", "lora", 3e-4)
+FIGURE_RUN = ("smollm2-135m", "lora", 1e-3)
 INTRO = Path(__file__).with_name("facts_intro.md")
 
 
