@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_models import make_tiny
 
-from benchmarks import early_stop, overhead
+from benchmarks import early_stop, fact_readout, overhead
 from benchmarks.critical_lr import prediction_passes, range_test
 from phantomlens.results import load_run_dir
 from tools.fmt import add_seconds, device_times, fmt, pct, sci, value_range
@@ -64,6 +64,22 @@ def test_the_overhead_benchmark_times_every_variant_on_a_tiny_model():
     assert set(result["step_times_s"]) == {"plain", "instrumented", "no_spectrum", "naive"}
     assert all(len(times) == 2 for times in result["step_times_s"].values())
     assert result["median_readout_s"] > 0 and result["topk_used"] >= 1
+
+
+def test_the_fact_readout_benchmark_times_both_variants_on_a_tiny_model():
+    model, tokenizer = make_tiny("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    facts, source = fact_readout.bench_facts(tokenizer, 3, path=None)
+    assert len(facts) == 3 and source == "built-in contexts"
+    result = fact_readout.bench_n(model, facts, torch.device("cpu"), rounds=2, warmup=1)
+    assert set(result["step_times_s"]) == {"plain", "instrumented"}
+    assert all(len(times["wall"]) == len(times["cpu"]) == 2 for times in result["step_times_s"].values())
+    assert len(result["record_times_s"]["wall"]) == result["frame_steps"] == 3  # warm-up included
+    assert result["readout_per_step_s"] > 0 and result["overhead"] > 0 and result["overhead_cpu_time"] > 0
+    assert fact_readout.verdict([result])["n_facts"] == 3
+    prediction = fact_readout.bench_prediction(model, tokenizer, facts[:2], torch.device("cpu"))
+    assert prediction.get("skipped") or prediction["seconds_per_fact"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # ran on copies
 
 
 def test_prediction_costs_come_from_the_library():

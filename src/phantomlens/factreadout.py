@@ -67,6 +67,11 @@ def overlap_columns_batched(
     return g_c, g_n
 
 
+def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_v a[n, v]·b[n, v] for each row n, as one batched matrix product."""
+    return torch.bmm(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
 @dataclass
 class FactState:
     """What the decomposition needs of one step's readout, on the device."""
@@ -91,20 +96,22 @@ class FactReadout:
         self.target_ids, self.competitor_ids = target_ids, competitor_ids
         self.config = config
         self.topk = min(config.spectral_topk, FACT_SPECTRAL_TOPK, unembedding.shape[0])
-        self._cached: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._cached: tuple | None = None
         self.history: list[FactState] = []
         self.values: list[torch.Tensor] = []  # one [N, len(COLUMNS)] float64 tensor per step
         self.grams: list[torch.Tensor] = []  # one [N, k, k] float32 tensor per step
         self.steps: list[int] = []
         self.lrs: list[float] = []
 
-    def _overlaps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Recomputed while U trains; computed once while it is frozen (LoRA)."""
+    def _overlaps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(G_·c, G_·c², G_·n², w = G_·c² − G_·n²): recomputed while U trains, computed once while it
+        is frozen (LoRA), so that a frozen geometry's w is the very same tensor at every step."""
         u = self.unembedding
         if u.requires_grad or self._cached is None or self._cached[0] != u._version:
             g_c, g_n = overlap_columns_batched(u, self.target_ids, self.competitor_ids, self.config.center)
-            self._cached = (u._version, g_c, g_n)
-        return self._cached[1], self._cached[2]
+            g_c2, g_n2 = g_c**2, g_n**2
+            self._cached = (u._version, g_c, g_c2, g_n2, g_c2 - g_n2)
+        return self._cached[1:]
 
     def _token_states(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.unembedding.detach()[ids].float()
@@ -128,12 +135,11 @@ class FactReadout:
         c, n = self.target_ids[:, None], self.competitor_ids[:, None]
         log_p = torch.log_softmax(logits, dim=-1)
         p = log_p.exp()
-        g_c, g_n = self._overlaps()
-        weight = g_c**2 - g_n**2
-        contributions = p * weight
-        phi = contributions.sum(1)
-        pair = contributions.gather(1, c)[:, 0] + contributions.gather(1, n)[:, 0]
+        g_c, g_c2, g_n2, weight = self._overlaps()
+        # Row-wise dot products (batched matrix products): no [N, V] temporaries per quantity.
+        fidelity_c, fidelity_n, phi = rowdot(p, g_c2), rowdot(p, g_n2), rowdot(p, weight)
         p_c, p_n = p.gather(1, c)[:, 0], p.gather(1, n)[:, 0]
+        pair = p_c * weight.gather(1, c)[:, 0] + p_n * weight.gather(1, n)[:, 0]
         overlap = g_c.gather(1, n)[:, 0]
         z_c, z_n = logits.gather(1, c), logits.gather(1, n)
         states = torch.stack(
@@ -141,9 +147,8 @@ class FactReadout:
         )
         state = FactState(p, weight, phi, states)
         topk, mass, gram = self._spectrum(p)
-        loss = sequence["loss"].detach().double()
         columns = [
-            loss,
+            sequence["loss"].detach().double(),
             sequence["logp_target"] - sequence["logp_competitor"],
             sequence["logp_target"],
             sequence["logp_competitor"],
@@ -155,10 +160,10 @@ class FactReadout:
             -log_p.gather(1, c)[:, 0],
             phi,
             (p_c - p_n) * (1 - overlap**2),
-            contributions.sum(1) - pair,  # the drag: Φ minus the pair's own terms
+            phi - pair,  # the drag: Φ minus the pair's own terms
             overlap,
-            (p * g_c**2).sum(1),
-            (p * g_n**2).sum(1),
+            fidelity_c,
+            fidelity_n,
             topk,
             mass,
             *self._decomposition(state),
@@ -166,19 +171,22 @@ class FactReadout:
         return torch.stack([column.double() for column in columns], 1), state, gram
 
     def _decomposition(self, now: FactState) -> list[torch.Tensor]:
+        """R = p·w′ − Φ′, Γ = p′·w − Φ′ and X = ΔΦ − R − Γ against the readout ′ one and two steps
+        back; with a frozen geometry (w is w′) Γ and X are exactly 0 and R is ΔΦ."""
         out = []
         for lag in (1, 2):
             before = self.history[-lag] if len(self.history) >= lag else None
             if before is None:
                 out += [torch.full_like(now.phi, math.nan)] * 4
                 continue
-            dp, dw = now.p - before.p, now.weight - before.weight
-            out += [
-                now.phi - before.phi,
-                (dp * before.weight).sum(1),
-                (before.p * dw).sum(1),
-                (dp * dw).sum(1),
-            ]
+            dphi = now.phi - before.phi
+            if now.weight is before.weight:
+                zero = torch.zeros_like(dphi)
+                out += [dphi, dphi, zero, zero]
+                continue
+            readout = rowdot(now.p, before.weight) - before.phi
+            geometric = rowdot(before.p, now.weight) - before.phi
+            out += [dphi, readout, geometric, dphi - readout - geometric]
         previous = self.history[-1] if self.history else None
         if previous is None:
             return [*out, torch.full_like(now.phi, math.nan), torch.full_like(now.phi, math.nan)]

@@ -4,6 +4,11 @@ Rule: stop at the first step where every watched context has flipped with margin
 for ``patience`` consecutive observations. The flip comes before the loss stops improving, so
 stopping on it instead of on a loss plateau saves steps without losing the answer.
 
+Watched items are single-token contexts or facts (docs/method.md, "Facts of several tokens"). A
+fact's margin is the sequence margin ℓ(target|x) − ℓ(competitor|x) and its readout is taken at the
+branch position; all facts are measured together in one batched teacher-forced pass, so watching
+a hundred facts costs one forward over a batch, not a hundred.
+
 The probe measures with its own no-grad forward pass in eval mode and restores every module's
 mode; it draws no random numbers, so training with a probe that never stops is bit-identical to
 training without one.
@@ -12,14 +17,35 @@ training without one.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
+
+import torch
 
 from phantomlens.contexts import Context, ResolvedContext, lookup_context, resolve
 from phantomlens.errors import PhantomLensError
+from phantomlens.factreadout import COLUMNS, FactReadout
+from phantomlens.facts import Fact, TokenizedFact, tokenize_fact
+from phantomlens.factset import FactBatch, forward_chunk
 from phantomlens.readout import Readout, evaluation, last_token_logits, output_embedding, readout_from_logits
-from phantomlens.settings import StopRule
+from phantomlens.settings import ReadoutConfig, StopRule
 
 logger = logging.getLogger("phantomlens")
+
+#: Scalars a fact logs on top of a context's: its sequence terms and the branch-position margin.
+FACT_KEYS = ("logp_target", "logp_competitor", "margin_branch", "loss_branch")
+
+
+@dataclass(frozen=True)
+class BranchReadout(Readout):
+    """A fact's readout: Φ, signal, drag, p_target, ranks… at the branch position k*, while
+    ``margin`` is the sequence margin ℓ(target|x) − ℓ(competitor|x) and ``loss`` the mean
+    cross-entropy over the target's tokens (what training on the fact minimises)."""
+
+    logp_target: float  # ℓ(target | x), teacher-forced
+    logp_competitor: float  # ℓ(competitor | x)
+    margin_branch: float  # z_c − z_n at the branch position
+    loss_branch: float  # −log p(c) at the branch position
 
 
 @dataclass
@@ -31,13 +57,16 @@ class Observation:
     reason: str = ""
 
     def scalars(self, prefix: str = "phantom") -> dict[str, float]:
-        """Namespaced scalars for a logger: ``phantom/<context>/<quantity>``."""
+        """Namespaced scalars for a logger: ``phantom/<context or fact>/<quantity>``."""
         out: dict[str, float] = {}
         for name, r in self.readouts.items():
             for key in ("margin", "p_target", "p_competitor", "phi", "signal", "drag", "loss"):
                 out[f"{prefix}/{name}/{key}"] = float(getattr(r, key))
             out[f"{prefix}/{name}/rank_target"] = float(r.rank_target)
             out[f"{prefix}/{name}/flipped"] = float(r.margin > 0)
+            if isinstance(r, BranchReadout):  # facts only, so a context's scalars stay as they were
+                for key in FACT_KEYS:
+                    out[f"{prefix}/{name}/{key}"] = float(getattr(r, key))
         out[f"{prefix}/all_flipped"] = float(all(r.margin > 0 for r in self.readouts.values()))
         out[f"{prefix}/secure_steps"] = float(self.secure_steps)
         return out
@@ -59,10 +88,30 @@ def _as_context(item) -> tuple[str, str, str, str | None]:
     return text, text, target, rest[0] if rest else None
 
 
+def _as_fact(item) -> Fact | None:
+    """The item as a Fact when it is given as one (a Fact, or a dict with a ``prompt``)."""
+    if isinstance(item, Fact):
+        return item
+    if isinstance(item, dict) and "prompt" in item:
+        return Fact(
+            prompt=item["prompt"],
+            target=item["target"],
+            competitor=item.get("competitor") or "",
+            name=item.get("name") or "",
+            chat=item.get("chat", False),
+        )
+    return None
+
+
 def context_specs(contexts) -> list[dict]:
-    """JSON-ready context descriptions (for configs and for resuming)."""
+    """JSON-ready descriptions of the watched items (for configs and for resuming): a context as
+    name/text/target/competitor, a fact as name/prompt/target/competitor/chat."""
     specs = []
     for item in contexts:
+        fact = _as_fact(item)
+        if fact is not None:
+            specs.append({"name": fact.label, **{k: v for k, v in fact.to_dict().items() if k != "name"}})
+            continue
         name, text, target, competitor = _as_context(item)
         specs.append({"name": name, "text": text, "target": target, "competitor": competitor})
     if not specs:
@@ -70,27 +119,138 @@ def context_specs(contexts) -> list[dict]:
     return specs
 
 
-class Probe:
-    """Watch one or more contexts in any training loop; ``observe(step)`` says when to stop.
+def _spaced(word: str, text: str) -> str:
+    """``word`` as the continuation of ``text`` is tokenised (contexts and facts add the space alike)."""
+    return " " + word if word and not word[0].isspace() and text and not text[-1].isspace() else word
 
-    ``contexts``: built-in names, ``Context`` objects, dicts or (text, target, competitor) tuples.
+
+def _spec_fact(tokenizer, spec: dict) -> Fact | None:
+    """The spec as a fact: a fact spec, or a context whose target or competitor is several tokens
+    (one-token contexts return None and keep the single-context path and its outputs)."""
+    if "prompt" in spec:
+        return _as_fact(spec)
+    text, words = spec["text"], (spec["target"], spec["competitor"])
+    several = any(
+        len(tokenizer.encode(_spaced(word, text), add_special_tokens=False)) > 1 for word in words if word
+    )
+    if not several or not (text or "").strip():
+        return None  # resolve() gives today's errors for empty or missing words
+    return Fact(text, spec["target"], spec["competitor"] or "", spec["name"])
+
+
+class FactProbe:
+    """The facts a probe watches: tokenised once, measured together in one batched no-grad pass.
+
+    Reuses the fact-set run's own batch (``FactBatch``/``forward_chunk``) and readout
+    (``FactReadout``), so a fact means the same in a probe as in ``phantomlens run --facts``.
     """
 
-    def __init__(self, model, tokenizer, contexts, rule: StopRule | None = None, *, center: bool = False):
+    def __init__(self, model, tokenizer, facts: list[Fact], *, center: bool, micro_batch: int) -> None:
+        if micro_batch < 1:
+            raise PhantomLensError(f"micro_batch must be at least 1, got {micro_batch}")
+        self.model = model
+        self.tokenized: list[TokenizedFact] = [tokenize_fact(tokenizer, fact) for fact in facts]
+        self.names = [t.fact.label for t in self.tokenized]
+        # The spectrum (purity, entropy) is skipped, as for contexts: the probe needs margins and Φ.
+        self.config = ReadoutConfig(center=center, spectral_topk=0)
+        self.micro_batch = micro_batch
+        self._batch: FactBatch | None = None
+        self._readout: FactReadout | None = None
+
+    def _tools(self) -> tuple[FactBatch, FactReadout]:
+        """The batch and the readout, rebuilt only if the model moved or its head was replaced."""
+        unembedding = output_embedding(self.model)
+        if (
+            self._readout is None
+            or self._readout.unembedding is not unembedding
+            or self._batch.device != unembedding.device
+        ):
+            self._batch = FactBatch(self.tokenized, unembedding.device, self.micro_batch)
+            self._readout = FactReadout(
+                unembedding, self._batch.target_ids, self._batch.competitor_ids, self.config
+            )
+        return self._batch, self._readout
+
+    def measure(self) -> dict[str, BranchReadout]:
+        """Every fact's readout; the caller holds ``evaluation(model)`` (eval mode, no grad)."""
+        batch, readout = self._tools()
+        outputs = [forward_chunk(self.model, chunk) for chunk in batch.chunks]
+        sequence = {
+            "loss": torch.cat([o.loss for o in outputs]),
+            "logp_target": torch.cat([o.logp_target for o in outputs]),
+            "logp_competitor": torch.cat([o.logp_competitor for o in outputs]),
+        }
+        readout.record(0, math.nan, torch.cat([o.branch_logits for o in outputs]), sequence)
+        values = readout.values[-1].tolist()  # the one host read: [N, F] for every fact at once
+        # The probe keeps no trajectory: drop what FactReadout keeps for a run's frame(), so the
+        # probe's memory stays flat however long training goes.
+        for kept in (readout.values, readout.grams, readout.steps, readout.lrs, readout.history):
+            kept.clear()
+        geometry = "centred" if self.config.center else "raw"
+        return {
+            name: _branch_readout(dict(zip(COLUMNS, row, strict=True)), geometry)
+            for name, row in zip(self.names, values, strict=True)
+        }
+
+
+def _branch_readout(row: dict[str, float], geometry: str) -> BranchReadout:
+    """A fact's row of ``FactReadout`` columns as a readout; no spectrum, as for a probed context."""
+    ints = {"rank_target": int(row["rank_target"]), "rank_competitor": int(row["rank_competitor"]), "topk": 0}
+    spectrum = {"purity": math.nan, "entropy": math.nan, "topk_mass": math.nan}
+    return BranchReadout.from_dict({**row, **ints, **spectrum, "geometry": geometry})
+
+
+class Probe:
+    """Watch contexts and facts in any training loop; ``observe(step)`` says when to stop.
+
+    ``contexts``: built-in names, ``Context`` objects, dicts or (text, target, competitor) tuples,
+    and ``phantomlens.facts.Fact`` objects or dicts with prompt/target/competitor/name/chat. A
+    context whose target or competitor is several tokens is watched as a fact.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        contexts,
+        rule: StopRule | None = None,
+        *,
+        center: bool = False,
+        micro_batch: int = 32,
+    ):
         self.model = model
         self.rule = rule or StopRule()
         self.center = center
         self.specs = context_specs(contexts)
+        as_facts = [(spec, _spec_fact(tokenizer, spec)) for spec in self.specs]
         self.resolved: dict[str, ResolvedContext] = {
             s["name"]: resolve(tokenizer, s["text"], s["target"], s["competitor"], model=model)
-            for s in self.specs
+            for s, fact in as_facts
+            if fact is None
         }
+        facts = [fact for _, fact in as_facts if fact is not None]
+        self.facts = (
+            FactProbe(model, tokenizer, facts, center=center, micro_batch=micro_batch) if facts else None
+        )
+        self._check_names()
         self.secure_steps = 0
         self.history: list[Observation] = []
 
+    def _check_names(self) -> None:
+        """A fact's scalars are keyed by its name, so it must not share one with anything watched."""
+        if self.facts is None:
+            return  # contexts keep today's behaviour (a repeated context is watched once)
+        names = self.facts.names + list(self.resolved)
+        repeated = sorted({name for name in self.facts.names if names.count(name) > 1})
+        if repeated:
+            raise PhantomLensError(
+                f"two watched items are named {repeated[0]!r}; give each fact a unique name"
+            )
+
     def observe(self, step: int | None = None) -> Observation:
-        """Measure every context now (one no-grad forward each) and apply the rule."""
-        readouts = {}
+        """Measure every context (one no-grad forward each) and every fact (one batched no-grad
+        pass for all of them), then apply the rule."""
+        readouts: dict[str, Readout] = {}
         with evaluation(self.model):
             unembedding = output_embedding(self.model)
             for name, spec in self.resolved.items():
@@ -103,6 +263,9 @@ class Probe:
                     center=self.center,
                     with_spectrum=False,
                 )
+            if self.facts is not None:
+                readouts.update(self.facts.measure())
+                readouts = {s["name"]: readouts[s["name"]] for s in self.specs}  # the order watched
         return self.record(len(self.history) if step is None else step, readouts)
 
     def record(self, step: int, readouts: dict[str, Readout]) -> Observation:
@@ -112,8 +275,9 @@ class Probe:
         reason = ""
         if stop:
             worst = min(readouts.items(), key=lambda kv: kv[1].margin)
+            watched = "context" if self.facts is None else "watched context and fact"
             reason = (
-                f"flip secure at step {step}: every context kept margin ≥ {self.rule.margin_safe} "
+                f"flip secure at step {step}: every {watched} kept margin ≥ {self.rule.margin_safe} "
                 f"for {self.rule.patience} consecutive observations "
                 f"(smallest now: {worst[0]} {worst[1].margin:+.2f})"
             )
@@ -149,7 +313,8 @@ class PhantomCallback(_trainer_callback_base()):
     ``report_to`` integration receives them when the callback runs before the integrations:
     ``PhantomCallback.attach(trainer, contexts)`` puts it there. It needs no evaluation loop, works
     with PEFT models, and resumes from a checkpoint by reading its counter back from the
-    restored ``log_history``.
+    restored ``log_history``. ``contexts`` may hold facts too (see ``Probe``): each is logged under
+    its name, with the sequence margin as ``margin``, and all of them cost one batched pass.
     """
 
     def __init__(
@@ -162,6 +327,7 @@ class PhantomCallback(_trainer_callback_base()):
         prefix: str = "phantom",
         stop: bool = True,
         center: bool = False,
+        micro_batch: int = 32,
     ):
         self.contexts = context_specs(contexts)
         self.tokenizer = tokenizer
@@ -169,6 +335,7 @@ class PhantomCallback(_trainer_callback_base()):
         if every < 1:
             raise PhantomLensError(f"every must be at least 1, got {every}")
         self.every, self.prefix, self.stop, self.center = every, prefix, stop, center
+        self.micro_batch = micro_batch
         self.probe: Probe | None = None
         self.stop_reason = ""
         self._pending: _Pending | None = None
@@ -186,7 +353,9 @@ class PhantomCallback(_trainer_callback_base()):
             raise PhantomLensError(
                 "PhantomCallback needs a tokenizer: pass it, or give the Trainer processing_class"
             )
-        self.probe = Probe(model, tokenizer, self.contexts, self.rule, center=self.center)
+        self.probe = Probe(
+            model, tokenizer, self.contexts, self.rule, center=self.center, micro_batch=self.micro_batch
+        )
         key = f"{self.prefix}/secure_steps"
         logged = [entry[key] for entry in state.log_history if key in entry]
         if state.global_step > 0 and logged:
