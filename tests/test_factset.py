@@ -195,3 +195,79 @@ def test_fact_names_with_mathtext_are_drawn_as_text(tmp_path):
         progress=False,
     )
     assert (tmp_path / "run" / "overview.png").is_file()
+
+
+def test_fact_files_keep_quoted_newlines_line_separators_and_refuse_bad_headers(tmp_path):
+    from phantomlens.facts import load_facts
+
+    csv_file = tmp_path / "f.csv"
+    csv_file.write_text(
+        '\ufeffprompt,target,competitor\n"The boat\nsailed on the",sea,ocean\n', encoding="utf-8"
+    )
+    assert load_facts(csv_file)[0].prompt == "The boat\nsailed on the"  # BOM dropped, newline kept
+    jsonl = tmp_path / "f.jsonl"
+    jsonl.write_text(json.dumps({"prompt": "a\u2028b", "target": "x", "competitor": "y"}, ensure_ascii=False))
+    assert load_facts(jsonl)[0].prompt == "a\u2028b"
+    twice = tmp_path / "twice.csv"
+    twice.write_text("prompt,target,target,competitor\na,b,c,d\n")
+    with pytest.raises(PhantomLensError, match="names target twice"):
+        load_facts(twice)
+    with pytest.raises(PhantomLensError, match="is a directory"):
+        load_facts(tmp_path)
+
+
+def test_a_picked_competitor_is_trained_as_the_token_the_rule_picked():
+    from phantomlens.contexts import pick_competitor
+    from phantomlens.facttrain import resolve_fact
+
+    model, tokenizer = make_tiny("llama")
+    fact = Fact("She felt a deep sense of", "shame", name="pick")
+    resolved = resolve_fact(tokenizer, model, fact)
+    expected = pick_competitor(model, torch.tensor([resolved.prompt_ids]), resolved.target_id)
+    assert resolved.competitor_ids == (expected,) and resolved.branch == 0
+
+
+def test_a_damaged_fact_set_directory_is_one_error(tmp_path):
+    import pandas as pd
+
+    model, tokenizer = make_tiny("llama")
+    path = write_facts(tmp_path / "facts.jsonl")
+    finetune(
+        RunConfig(facts=str(path), steps=2, lr=1e-3),
+        model=model,
+        tokenizer=tokenizer,
+        out=tmp_path / "run",
+        progress=False,
+    )
+    table = pd.read_parquet(tmp_path / "run" / "trajectory.parquet")
+    damages = {
+        "twice": pd.concat([table, table.iloc[:1]]),
+        "missing": table[table["fact"] != "multi"],
+        "short": table[~((table["fact"] == "multi") & (table["step"] == 2))],
+        "flipped": table.assign(margin=-table["margin"].abs() - 1),
+    }
+    for frame in damages.values():
+        frame.to_parquet(tmp_path / "run" / "trajectory.parquet", index=False)
+        with pytest.raises(PhantomLensError, match=r"damaged|twice|lacks|no rows"):
+            FactSetResult.load(tmp_path / "run")
+
+    from phantomlens.rundir import RunResult
+
+    with pytest.raises(PhantomLensError, match=r"FactSetResult\.load"):
+        RunResult.load(tmp_path / "run")
+
+
+def test_outputs_that_would_overwrite_an_input_or_cannot_be_written_are_refused(tmp_path):
+    from pathlib import Path
+
+    from phantomlens.atomic import check_not_an_input, check_output_dir
+
+    facts = write_facts(tmp_path / "facts.jsonl")
+    with pytest.raises(PhantomLensError, match="overwrite the input"):
+        check_not_an_input(facts, [facts])
+    (tmp_path / "run").mkdir()
+    with pytest.raises(PhantomLensError, match="overwrite the input"):
+        check_not_an_input(tmp_path / "run" / "summary.json", [tmp_path / "run"])
+    if Path("/proc/self").exists():
+        with pytest.raises(PhantomLensError, match="cannot write under"):
+            check_output_dir(Path("/proc/no_such_dir/out"))

@@ -182,7 +182,10 @@ def hundred_facts(result: FactSetResult, n: int = 100) -> FactSetResult:
             )
         )
         events[name] = result.events.facts[old.name]
-        frames.append(result.fact_trajectory(old.name).assign(fact=name))
+        rows = result.fact_trajectory(old.name).assign(fact=name)
+        if silent:  # the trajectory must agree with the record: the target never ahead
+            rows = rows.assign(margin=-rows["margin"].abs() - 0.1)
+        frames.append(rows)
     summary = result.summary.replace(
         facts=records,
         n_facts=n,

@@ -191,3 +191,22 @@ def _check_parent_writable(path: Path) -> None:
         raise PhantomLensError(
             f"cannot write under {parent} (permission denied); choose another output (out)"
         )
+    try:  # access() says yes to root everywhere, and /proc or a read-only mount still refuse
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise PhantomLensError(
+            f"cannot write under {parent} ({exc.strerror or type(exc).__name__}); choose another output (out)"
+        ) from None
+
+
+def check_not_an_input(output: Path, inputs: list[Path]) -> None:
+    """Refuse an output that would overwrite one of the command's own inputs (a fact file, a file
+    inside a run or sweep directory being read)."""
+    target = Path(output).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or (source.is_dir() and source in target.parents):
+            raise PhantomLensError(
+                f"output {output} would overwrite the input {given}; choose another output"
+            )

@@ -219,10 +219,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from phantomlens.atomic import check_output_file, write_json_atomic
+    from phantomlens.atomic import check_not_an_input, check_output_file, write_json_atomic
     from phantomlens.calibrate import calibrate
 
     check_output_file(Path(args.out))
+    check_not_an_input(
+        Path(args.out), [*map(Path, args.sweep_dirs), *([Path(args.facts)] if args.facts else [])]
+    )
     result = calibrate(args.sweep_dirs, facts=args.facts)
     write_json_atomic(Path(args.out), result)
     if args.json:
@@ -272,10 +275,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from phantomlens.atomic import check_output_file
+    from phantomlens.atomic import check_not_an_input, check_output_file
     from phantomlens.report import read_fact_names, write_report
 
     check_output_file(Path(args.out))
+    check_not_an_input(
+        Path(args.out), [*map(Path, args.run_dirs), *([Path(args.facts)] if args.facts else [])]
+    )
     # the list is read before any run, so a bad --facts file fails before minutes of drawing
     names = read_fact_names(args.facts) if args.facts else None
     out = write_report(args.run_dirs, args.out, facts=names)
@@ -424,13 +430,14 @@ def cmd_contexts(args: argparse.Namespace) -> int:
 
 def _list_facts(args: argparse.Namespace) -> int:
     """``contexts --facts F``: each fact's tokens, branch position and step-0 sequence margin."""
-    from phantomlens.facts import load_facts, tokenize_fact
+    from phantomlens.facts import load_facts
+    from phantomlens.facttrain import resolve_fact
     from phantomlens.forward import evaluation, sequence_margin
     from phantomlens.models import load_model
 
     facts = load_facts(args.facts)  # the whole file is checked before the model is loaded
     model, tokenizer = load_model(args.model, trust_remote_code=False)
-    tokenized = [tokenize_fact(tokenizer, fact) for fact in facts]
+    tokenized = [resolve_fact(tokenizer, model, fact) for fact in facts]
     records = []
     with evaluation(model):
         for t in tokenized:

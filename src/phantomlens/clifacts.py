@@ -130,7 +130,7 @@ def format_fact_prediction(p: FactSetPrediction) -> str:
 
 def predict_fact_file(config: RunConfig, args: argparse.Namespace) -> int:
     """``phantomlens predict --facts F``: the model loaded once, every fact predicted."""
-    from phantomlens.atomic import check_output_file, write_bytes_atomic
+    from phantomlens.atomic import check_not_an_input, check_output_file, write_bytes_atomic
     from phantomlens.errors import PhantomLensError
     from phantomlens.factpredict import predict_facts
 
@@ -138,6 +138,7 @@ def predict_fact_file(config: RunConfig, args: argparse.Namespace) -> int:
         raise PhantomLensError("facts are predicted first-order; leave out --variant with --facts")
     if args.csv is not None:
         check_output_file(Path(args.csv))  # before the model is loaded, not after
+        check_not_an_input(Path(args.csv), [Path(config.facts)])
     prediction = predict_facts(config, kappa=args.kappa, calibration=args.calibration, quantile=args.quantile)
     if args.csv is not None:
         import pandas as pd

@@ -97,6 +97,7 @@ class FactSetSummary(StoredResult):
     facts: list[FactOutcome]
     analysis_thresholds: dict[str, int | float]
     out_dir: str | None = newer()
+    n_ahead_at_start: int | None = newer()  # facts whose target led at step 0: nothing to flip
 
     def validate(self) -> None:
         where = self.what

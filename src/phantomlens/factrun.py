@@ -85,10 +85,15 @@ class FactSetResult:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> FactSetResult:
+        if not isinstance(run_dir, str | Path):
+            raise PhantomLensError(f"run_dir must be a path, got {type(run_dir).__name__}")
         run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise PhantomLensError(f"run directory {run_dir} does not exist")
         path = run_dir / SUMMARY_FILE
         summary = FactSetSummary.from_dict(read_json(path, "fact-set summary"), where=str(path))
         trajectory = load_fact_trajectory(run_dir / TRAJECTORY_FILE, [f.name for f in summary.facts])
+        check_consistent(summary, trajectory, run_dir / TRAJECTORY_FILE)
         events_path = run_dir / EVENTS_FILE
         events = FactSetEvents.from_dict(read_json(events_path, "fact-set events"), where=str(events_path))
         missing = [f.name for f in summary.facts if f.name not in events.facts]
@@ -101,7 +106,9 @@ class FactSetResult:
         from phantomlens.facts import Fact, TokenizedFact
         from phantomlens.settings import AnalysisConfig
 
-        config = config or AnalysisConfig()
+        config = AnalysisConfig.from_dict(config) if isinstance(config, dict) else config or AnalysisConfig()
+        if not isinstance(config, AnalysisConfig):
+            raise PhantomLensError(f"config must be an AnalysisConfig, got {type(config).__name__}")
         hashes = (self.summary.embedding_sha256_start, self.summary.embedding_sha256_end)
         records, events = [], {}
         for old in self.summary.facts:
@@ -151,6 +158,26 @@ class FactSetResult:
             summary.write(staging / SUMMARY_FILE)
         self.summary, self.out_dir = summary, out
         return out
+
+
+def check_consistent(summary: FactSetSummary, trajectory: pd.DataFrame, path: Path) -> None:
+    """The trajectory holds the same steps for every fact, once each, and agrees with the summary."""
+    if trajectory.duplicated(["fact", "step"]).any():
+        raise PhantomLensError(f"{path} holds a fact's step twice; it is not a phantomlens trajectory")
+    steps = trajectory.groupby("fact")["step"].apply(tuple)
+    names = [f.name for f in summary.facts]
+    missing = [name for name in names if name not in steps.index]
+    if missing or steps.nunique() != 1:
+        what = f"no rows for {missing[0]!r}" if missing else "different steps for different facts"
+        raise PhantomLensError(f"{path} has {what}; the run directory is damaged")
+    last = trajectory.sort_values("step").groupby("fact")["margin"].last()
+    for fact in summary.facts:
+        expected = summary.status == "completed" and bool(last[fact.name] > 0)
+        if fact.flipped_at_end != expected:
+            raise PhantomLensError(
+                f"{path.parent}: summary.json says {fact.name!r} flipped_at_end={fact.flipped_at_end}, "
+                "but its trajectory says otherwise; the run directory is damaged"
+            )
 
 
 def fact_outcome(

@@ -13,6 +13,7 @@ file and the line. Nothing heavy is imported here: reading a fact file needs no 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,10 +63,12 @@ class Fact:
 def load_facts(path: str | Path) -> list[Fact]:
     """The facts of a ``.jsonl`` or ``.csv`` file, validated; names must be unique."""
     path = Path(path)
+    if path.is_dir():
+        raise PhantomLensError(f"fact file {path} is a directory; give a .jsonl or .csv file")
     if not path.is_file():
         raise PhantomLensError(f"fact file {path} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSV) is not text
     except (OSError, UnicodeDecodeError) as exc:
         raise PhantomLensError(
             f"fact file {path} cannot be read as UTF-8 text ({type(exc).__name__})"
@@ -85,7 +88,8 @@ def load_facts(path: str | Path) -> list[Fact]:
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at \n only: JSON strings may hold U+2028 and other characters splitlines() breaks at.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -99,9 +103,12 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields keep their newlines
     if reader.fieldnames is None:
         return []
+    repeated = sorted({name for name in reader.fieldnames if reader.fieldnames.count(name) > 1})
+    if repeated:
+        raise PhantomLensError(f"{path}, line 1: the header names {', '.join(repeated)} twice")
     rows = []
     for row in reader:
         if None in row:

@@ -19,7 +19,14 @@ from phantomlens.errors import PhantomLensError
 from phantomlens.factreadout import FactReadout
 from phantomlens.factresults import FACT_SET, FactSetEvents, FactSetSummary
 from phantomlens.factrun import FactSetResult, fact_outcome
-from phantomlens.facts import Fact, TokenizedFact, encode_answer, encode_prompt, load_facts, tokenize_fact
+from phantomlens.facts import (
+    Fact,
+    TokenizedFact,
+    encode_answer,
+    encode_prompt,
+    load_facts,
+    tokenize_fact,
+)
 from phantomlens.factset import FactBatch, forward_chunk
 from phantomlens.forward import evaluation, output_embedding
 from phantomlens.loop import Outcome, check_divergence
@@ -77,8 +84,13 @@ def resolve_fact(tokenizer, model, fact: Fact) -> TokenizedFact:
             "given (the rule that picks one works on single-token targets)"
         )
     ids = torch.tensor([prompt_ids], dtype=torch.long)
-    competitor = tokenizer.decode([pick_competitor(model, ids, target_ids[0])])
-    return tokenize_fact(tokenizer, Fact(fact.prompt, fact.target, competitor, fact.name, fact.chat))
+    picked = pick_competitor(model, ids, target_ids[0])
+    # The picked token itself is trained against: its decoded text need not encode back to it.
+    text = tokenizer.decode([picked])
+    if not text.strip() or text.strip() == fact.target.strip():
+        text = f"[token {picked}]"  # a byte piece or a space: name the token, not its rendering
+    chosen = Fact(fact.prompt, fact.target, text, fact.name, fact.chat)
+    return TokenizedFact(chosen, prompt_ids, target_ids, (picked,), 0)
 
 
 class FactSetLoop:
@@ -238,6 +250,13 @@ def summarize_facts(
         if config.mode != "lora" or hashes[0] == hashes[1]
         else ["WARNING: the embedding matrix changed under LoRA"]
     )
+    ahead = [r.name for r in records if r.margin_initial > 0]
+    if ahead:
+        shown = ", ".join(ahead[:5]) + (", …" if len(ahead) > 5 else "")
+        notes.append(
+            f"{len(ahead)} of {len(records)} facts had the target ahead at step 0 (nothing to flip; "
+            f"they count as flipped if they stay ahead): {shown}"
+        )
     joint = trajectory.groupby("step", sort=True)["loss"].mean()
     finite = joint[joint.map(math.isfinite)]
     summary = FactSetSummary(
@@ -250,6 +269,7 @@ def summarize_facts(
         steps_completed=outcome.updates,
         n_facts=len(records),
         n_flipped=sum(r.flipped_at_end for r in records),
+        n_ahead_at_start=len(ahead),
         fraction_flipped=sum(r.flipped_at_end for r in records) / len(records),
         silent_failures=[r.name for r in records if r.silent],
         outcomes={

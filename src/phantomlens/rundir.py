@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phantomlens.atomic import staged_directory, write_json_atomic
+from phantomlens.errors import PhantomLensError
 from phantomlens.results import (
     CONFIG_FILE,
     EVENTS_FILE,
@@ -65,6 +66,12 @@ class RunResult:
     @classmethod
     def load(cls, run_dir: str | Path) -> RunResult:
         """Read a complete run directory (a run stored before events.json existed is analysed)."""
+        from phantomlens.factresults import is_fact_set
+
+        if is_fact_set(run_dir):
+            raise PhantomLensError(
+                f"{run_dir} holds a fact-set run; read it with phantomlens.FactSetResult.load"
+            )
         summary, trajectory, events = load_run_dir(run_dir)
         result = cls(summary, trajectory, events, Path(run_dir))  # type: ignore[arg-type]
         return result.analyze() if events is None else result

@@ -198,7 +198,18 @@ def _model(name: str, device: str):
 
 
 def execute(task: dict) -> dict:
-    """Run one task in a worker (local process or Ray): a fine-tuning run, or a prediction."""
+    """Run one task in a worker (local process or Ray): a fine-tuning run, or a prediction.
+
+    Warnings are silenced for the task: a worker's stderr goes straight to the user's terminal, and
+    what matters (a run's notes, its outcome) is in the record the main process reports."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _execute(task)
+
+
+def _execute(task: dict) -> dict:
     import copy
 
     import torch
@@ -471,12 +482,32 @@ class Sweep:
             raise PhantomLensError(f"sweep directory {self.out} is a file; choose another output (out)")
         check_output_dir(self.out, overwrite=True)  # an existing sweep directory is resumed
         self.facts_sha256, self.subjects = subjects(config)
+        if config.joint:
+            self._snapshot_facts()
         self.contexts = list(self.subjects)  # the subjects' names, in order
         self.quantile = config.quantile if config.joint else None
         self.unpredicted: dict[str, str] = {}  # subject -> why it has no prediction
         resolve_device(config.run.device)  # an unusable device fails here, not in every worker
         model = config.run.model
         self.model_tag = _safe(Path(model).name if os.path.exists(model) else model)
+
+    def _snapshot_facts(self) -> None:
+        """Joint runs read the facts from a copy in the sweep directory, named by their hash, so a
+        fact file edited while the sweep runs cannot mix two fact sets in one search."""
+        from dataclasses import replace
+
+        from phantomlens.atomic import write_bytes_atomic
+        from phantomlens.facts import load_facts
+
+        snapshot = self.out / f"facts-{self.facts_sha256[:16]}.jsonl"
+        if not snapshot.is_file():
+            lines = [json.dumps(f.to_dict(), ensure_ascii=False) for f in load_facts(self.config.fact_file)]
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(snapshot, ("\n".join(lines) + "\n").encode())
+        if facts_sha256(load_facts(snapshot)) != self.facts_sha256:
+            raise PhantomLensError(f"{snapshot} does not hold the facts of {self.config.fact_file}")
+        for name, subject in self.subjects.items():
+            self.subjects[name] = replace(subject, settings={"facts": str(snapshot)})
 
     def run_dir(self, context: str) -> Path:
         return self.out / "runs" / self.model_tag / self.config.run.mode / self.subjects[context].key
