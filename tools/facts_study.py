@@ -97,18 +97,24 @@ def heavy() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def run_order() -> list[tuple[str, str, float]]:
+    """Every (model, mode, LR) of the plan, breadth first: each (model, mode) gets its middle LR
+    before any gets another, so a study cut short still covers every model and mode."""
+    first = [(model, mode, lrs[len(lrs) // 2]) for model, mode, lrs in PLAN]
+    rest = [(model, mode, lr) for model, mode, lrs in PLAN for lr in lrs if (model, mode, lr) not in first]
+    return first + rest
+
+
 def run_missing() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("PHANTOMLENS_THREADS", "2")))
     os.chdir(ROOT)  # the runs record the fact file as data/facts.jsonl
-    for model, mode, lrs in PLAN:
-        print(f"{model} {mode}", flush=True)
+    for model, mode, lr in run_order():
         with heavy():
             predict_missing(model, mode)
-        for lr in lrs:
-            with heavy():
-                run_missing_runs(model, mode, (lr,))
+        with heavy():
+            run_missing_runs(model, mode, (lr,))
 
 
 def main(argv: list[str] | None = None) -> int:
