@@ -101,7 +101,10 @@ def _read_table(path: Path) -> pd.DataFrame:
         if not _numeric(table[column]):
             raise PhantomLensError(f"{path}: column {column} must hold numbers")
         values = table[column].dropna().astype(float)
-        if not ((values > 0) & (values < float("inf"))).all():
+        # A prediction of 0 means the target already led at step 0 (any LR keeps it): not fitted.
+        lowest = 0.0 if column != "eta_c" else float("nan")
+        valid = (values > 0) | (values == lowest)
+        if not (valid & (values < float("inf"))).all():
             raise PhantomLensError(f"{path}: column {column} must hold positive finite learning rates")
     return table
 

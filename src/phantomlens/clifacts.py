@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from phantomlens.settings import AnalysisConfig, RunConfig
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _num(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -35,12 +39,13 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 def format_fact_set(summary: FactSetSummary) -> str:
     """A fact-set run in words: the headline, every fact's outcome, the silent failures by name."""
     run = summary.run_config()
-    source = run.facts or "one fact"
+    source = f"{_plural(summary.n_facts, 'fact')} from {run.facts}" if run.facts else "1 fact (--context)"
+    ahead = sum(f.margin_initial > 0 for f in summary.facts)
     lines = [
-        f"facts     {summary.n_facts} from {source} on {run.model} "
-        f"({run.mode}, η={run.peak_lr:g}, T={run.steps})",
+        f"facts     {source} on {run.model} ({run.mode}, η={run.peak_lr:g}, T={run.steps})",
         f"status    {summary.status}" + (f" ({summary.status_reason})" if summary.status_reason else ""),
-        f"flipped   {summary.n_flipped} of {summary.n_facts} at the end ({summary.fraction_flipped:.0%})",
+        f"flipped   {summary.n_flipped} of {summary.n_facts} at the end ({summary.fraction_flipped:.0%})"
+        + (f"; {ahead} of the {summary.n_facts} already had the target ahead at step 0" if ahead else ""),
         f"loss      {summary.loss_initial:.4g} → {summary.loss_final:.4g} (mean over facts)",
         "outcomes  " + ", ".join(f"{name} {count}" for name, count in summary.outcomes.items()),
         "",
@@ -103,7 +108,7 @@ def format_fact_prediction(p: FactSetPrediction) -> str:
         ]
         for f in p.facts
     ]
-    header = ["fact", "tokens", "k*", "m0", "eta_c alone", "eta_c in set", "s"]
+    header = ["fact", "tokens", "k*", "m0", "eta_c alone", "eta_c in set", "seconds"]
     lines = [
         f"facts     {p.n_facts} on {p.model} ({p.mode}, {p.optimizer}, {p.schedule}, T={p.steps}); "
         f"κ = {p.kappa:.4g} ({p.kappa_source})",

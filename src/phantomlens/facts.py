@@ -215,8 +215,8 @@ def chat_prompt(tokenizer, text: str) -> str:
     """``text`` as one user message with the generation prompt, by the tokenizer's own template."""
     if not getattr(tokenizer, "chat_template", None):
         raise PhantomLensError(
-            f"{type(tokenizer).__name__} has no chat template, so chat facts cannot be used with it; "
-            "set chat to false"
+            "this model's tokenizer has no chat template, so its prompts cannot be chat prompts; "
+            "leave out --chat (and chat: true in the fact file)"
         )
     messages = [{"role": "user", "content": text}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import torch
 
@@ -62,7 +63,7 @@ def single_fact(config: RunConfig, tokenizer) -> Fact | None:
     )
     if not (config.chat or several):
         return None
-    return Fact(prompt=text, target=target, competitor=competitor or "", name="fact", chat=config.chat)
+    return Fact(prompt=text, target=target, competitor=competitor or "", chat=config.chat)
 
 
 def _spaced(word: str, text: str) -> str:
@@ -222,6 +223,13 @@ def train_facts(
 
 def _tokenized(tokenizer, model, facts: list[Fact]) -> list[TokenizedFact]:
     tokenized = [resolve_fact(tokenizer, model, fact) for fact in facts]
+    for given, resolved in zip(facts, tokenized, strict=True):
+        if not given.competitor:
+            warnings.warn(
+                f"phantomlens: fact {given.label!r}: competitor picked automatically: "
+                f"{resolved.fact.competitor!r}",
+                stacklevel=3,
+            )
     labels = [t.fact.label for t in tokenized]
     if len(set(labels)) != len(labels):
         raise PhantomLensError("two facts have the same name (or the same prompt and no name)")

@@ -161,7 +161,8 @@ def fact_set_figure(trajectory: pd.DataFrame, summary: dict) -> Figure:
     of a heat map (sorted by the final margin; red: the competitor leads), the fraction of facts
     flipped and the joint loss over the steps."""
     import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.colors import SymLogNorm
+    from matplotlib.ticker import MaxNLocator
 
     margins = trajectory.pivot(index="fact", columns="step", values="margin")
     margins = margins.loc[margins.iloc[:, -1].sort_values().index]
@@ -177,7 +178,9 @@ def fact_set_figure(trajectory: pd.DataFrame, summary: dict) -> Figure:
         aspect="auto",
         cmap="RdBu",
         interpolation="nearest",
-        norm=TwoSlopeNorm(0.0, -bound, bound),
+        # Linear within ±0.5, logarithmic beyond: a flip by a few tenths of a logit stays visible
+        # next to facts ten logits ahead.
+        norm=SymLogNorm(linthresh=0.5, vmin=-bound, vmax=bound),
         extent=(steps[0] - 0.5, steps[-1] + 0.5, len(margins) - 0.5, -0.5),
     )
     fig.colorbar(image, ax=heat_ax, label="margin ℓ(target) − ℓ(competitor)")
@@ -188,6 +191,7 @@ def fact_set_figure(trajectory: pd.DataFrame, summary: dict) -> Figure:
     else:
         heat_ax.set_ylabel(f"{len(margins)} facts, sorted by final margin")
     heat_ax.set_xlabel("step")
+    heat_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     heat_ax.set_title("every fact's margin (blue: flipped)")
     flipped = trajectory.assign(up=trajectory["margin"] > 0).groupby("step")["up"].mean()
     curve_ax.plot(flipped.index, flipped.to_numpy(), color="tab:blue")
@@ -198,8 +202,11 @@ def fact_set_figure(trajectory: pd.DataFrame, summary: dict) -> Figure:
     joint = trajectory.groupby("step")["loss"].mean()
     loss_ax.plot(joint.index, joint.to_numpy(), color="black")
     loss_ax.set_ylabel("joint loss (mean over facts)")
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'' if n == 1 else 's'}"
+
     fig.suptitle(
-        f"{summary['n_facts']} facts: {summary['n_flipped']} flipped at the end "
-        f"({summary['fraction_flipped']:.0%}), {len(silent)} silent failures"
+        f"{count(summary['n_facts'], 'fact')}: {summary['n_flipped']} flipped at the end "
+        f"({summary['fraction_flipped']:.0%}), {count(len(silent), 'silent failure')}"
     )
     return fig

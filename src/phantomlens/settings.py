@@ -58,7 +58,8 @@ class ReadoutConfig(JsonConfig):
     )
     spectral_topk: int = option(
         SPECTRAL_TOPK,
-        "largest k for purity and entropy; 0 skips them (the cheapest readout)",
+        "largest k for purity and entropy (fact-set runs: at most 64 per fact); 0 skips them "
+        "(the cheapest readout)",
         check=at_least(0),
     )
 
