@@ -14,6 +14,7 @@ import pytest
 
 from phantomlens.atomic import strict_json
 from phantomlens.errors import PhantomLensError
+from phantomlens.factresults import FactSetEvents, FactSetSummary
 from phantomlens.results import (
     RunEvents,
     RunSummary,
@@ -39,6 +40,8 @@ def stored(pattern: str) -> list[Path]:
 
 
 def kind_of(path: Path) -> type:
+    if path.name in ("summary.json", "events.json") and '"kind": "fact-set"' in path.read_text():
+        return FactSetSummary if path.name == "summary.json" else FactSetEvents
     if path.name == "events.json":
         return RunEvents
     if path.name.startswith("lr="):
@@ -57,12 +60,14 @@ def exact(value) -> str:
 
 def test_every_kind_of_stored_result_is_present():
     kinds = {kind_of(p) for p in FILES}
-    assert kinds == {RunSummary, RunEvents, SweepRunRecord, SweepSummary}
+    assert kinds == {RunSummary, RunEvents, SweepRunRecord, SweepSummary, FactSetSummary, FactSetEvents}
     assert len(FILES) > 800  # the phantoms, early-stop runs, sweeps and grids of the findings
 
 
 @pytest.mark.parametrize(
-    "kind", [RunSummary, RunEvents, SweepRunRecord, SweepSummary], ids=lambda k: k.__name__
+    "kind",
+    [RunSummary, RunEvents, SweepRunRecord, SweepSummary, FactSetSummary, FactSetEvents],
+    ids=lambda k: k.__name__,
 )
 def test_every_stored_file_round_trips_exactly(kind):
     paths = [p for p in FILES if kind_of(p) is kind]

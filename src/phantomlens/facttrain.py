@@ -253,18 +253,7 @@ def summarize_facts(
         record, fact_events = fact_outcome(rows, fact, outcome.status, hashes, analysis)
         records.append(record)
         events[fact.fact.label] = fact_events
-    notes = (
-        []
-        if config.mode != "lora" or hashes[0] == hashes[1]
-        else ["WARNING: the embedding matrix changed under LoRA"]
-    )
-    ahead = [r.name for r in records if r.margin_initial > 0]
-    if ahead:
-        shown = ", ".join(ahead[:5]) + (", …" if len(ahead) > 5 else "")
-        notes.append(
-            f"{len(ahead)} of {len(records)} facts had the target ahead at step 0 (nothing to flip; "
-            f"they count as flipped if they stay ahead): {shown}"
-        )
+    notes, ahead = _notes(config, hashes, records)
     joint = trajectory.groupby("step", sort=True)["loss"].mean()
     finite = joint[joint.map(math.isfinite)]
     summary = FactSetSummary(
@@ -301,3 +290,18 @@ def summarize_facts(
         analysis_thresholds=analysis.to_dict(),
     )
     return summary, FactSetEvents(kind=FACT_SET, facts=events, thresholds=analysis.to_dict())
+
+
+def _notes(config: RunConfig, hashes: tuple[str, str], records: list) -> tuple[list[str], list[str]]:
+    """The run's notes, and the facts whose target already led at step 0."""
+    notes = []
+    if config.mode == "lora" and hashes[0] != hashes[1]:
+        notes.append("WARNING: the embedding matrix changed under LoRA")
+    ahead = [r.name for r in records if r.margin_initial > 0]
+    if ahead:
+        shown = ", ".join(ahead[:5]) + (", …" if len(ahead) > 5 else "")
+        notes.append(
+            f"{len(ahead)} of {len(records)} facts had the target ahead at step 0 (nothing to flip; "
+            f"they count as flipped if they stay ahead): {shown}"
+        )
+    return notes, ahead
