@@ -107,6 +107,41 @@ def prediction_rows() -> list[str]:
     return lines
 
 
+def prediction_verdict() -> list[str]:
+    """One sentence comparing the joint and single predictions over every stored run."""
+    pairs = []
+    for model, mode, lrs in PLAN:
+        prediction = _load(prediction_path(model, mode))
+        for lr in lrs:
+            run = _load(run_dir(model, mode, lr) / "summary.json")
+            if run is not None and prediction is not None:
+                e = evaluate(run, prediction, lr)
+                if e["auc_joint_led"] is not None and e["auc_single_led"] is not None:
+                    pairs.append(
+                        (
+                            e["auc_joint_led"],
+                            e["auc_single_led"],
+                            e["accuracy_joint_led"],
+                            e["accuracy_single_led"],
+                        )
+                    )
+    if not pairs:
+        return []
+
+    def mean(index: int) -> float:
+        return sum(p[index] for p in pairs) / len(pairs)
+
+    ranks = sum(p[0] > p[1] for p in pairs)
+    calls = sum(p[2] > p[3] for p in pairs)
+    return [
+        f"Over the {len(pairs)} stored runs, the joint-direction prediction ranks the facts better than "
+        f"the single-fact one in {ranks} (mean AUC {mean(0):.2f} joint, {mean(1):.2f} single), and its "
+        f"flip/no-flip call at κ = 1 is the more accurate in {calls} (mean accuracy {mean(2):.0%} joint, "
+        f"{mean(3):.0%} single).",
+        "",
+    ]
+
+
 def interference(prediction: dict) -> dict:
     """The gap between a fact's prediction alone and inside the set."""
     facts = [f for f in prediction["facts"] if f["margin_initial"] < 0]
@@ -232,6 +267,7 @@ def write() -> Path:
         "",
         *prediction_rows(),
         "",
+        *prediction_verdict(),
         "### Interference: each fact alone versus inside the set",
         "",
         "The single-fact prediction uses the fact's own gradient direction; the joint prediction the "
