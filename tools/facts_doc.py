@@ -228,6 +228,18 @@ def data_set_lines() -> list[str]:
     ]
 
 
+def _missing_sentence() -> str:
+    missing = sum(
+        not (run_dir(model, mode, lr) / "summary.json").is_file() for model, mode, lrs in PLAN for lr in lrs
+    )
+    if not missing:
+        return ""
+    return (
+        f" The {missing} rows marked *not run yet* are planned but not measured: "
+        "`python -m tools.facts_study` runs them (each is resumable and skips what is stored)."
+    )
+
+
 def write() -> Path:
     if shown_run() is not None:  # drawn again from the stored run, by today's plotting code
         from phantomlens.factrun import FactSetResult
@@ -251,7 +263,7 @@ def write() -> Path:
         *run_rows(),
         "",
         "*Undone by the set*: facts whose target led at step 0 and lost by the end; training the other "
-        "facts pushed them back.",
+        "facts pushed them back." + _missing_sentence(),
         "",
         *silent_section(),
         "",
