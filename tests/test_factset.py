@@ -271,3 +271,16 @@ def test_outputs_that_would_overwrite_an_input_or_cannot_be_written_are_refused(
     if Path("/proc/self").exists():
         with pytest.raises(PhantomLensError, match="cannot write under"):
             check_output_dir(Path("/proc/no_such_dir/out"))
+
+
+def test_predict_facts_takes_a_path_facts_or_dicts(tmp_path):
+    from phantomlens.factpredict import predict_facts
+
+    model, tokenizer = make_tiny("llama")
+    path = write_facts(tmp_path / "facts.jsonl", FACTS[:2])
+    by_path = predict_facts(model=model, tokenizer=tokenizer, facts=path)
+    by_dicts = predict_facts(model=model, tokenizer=tokenizer, facts=[f.to_dict() for f in FACTS[:2]])
+    assert [f.name for f in by_path.facts] == [f.name for f in by_dicts.facts] == ["single", "multi"]
+    assert by_path.facts[1].eta_c_joint == pytest.approx(by_dicts.facts[1].eta_c_joint, rel=1e-9)
+    with pytest.raises(PhantomLensError, match="facts must be"):
+        predict_facts(model=model, tokenizer=tokenizer, facts=3)

@@ -175,6 +175,19 @@ def _one_fact(probe, params, fact: TokenizedFact, joint, config, schedule_sum: f
     )
 
 
+def _as_facts(items) -> list[Fact]:
+    """Facts given in Python: ``Fact`` objects or dicts with their fields."""
+    if isinstance(items, Fact | dict):
+        items = [items]
+    try:
+        return [item if isinstance(item, Fact) else Fact(**item) for item in items]
+    except TypeError:
+        raise PhantomLensError(
+            "facts must be a fact file's path, or a list of Fact objects or dicts with prompt, target "
+            "(competitor, name, chat)"
+        ) from None
+
+
 def predict_facts(
     config: RunConfig | None = None,
     *,
@@ -193,9 +206,11 @@ def predict_facts(
 
     if not (isinstance(quantile, int | float) and 0 < quantile <= 1):
         raise PhantomLensError(f"quantile must be in (0, 1], got {quantile!r}")
+    if isinstance(facts, str | Path):  # a fact file, as finetune(facts=...) takes it
+        overrides, facts = {**overrides, "facts": str(facts)}, None
     config = (config or RunConfig()).replace(**overrides)
     kappa, source = resolve_kappa(kappa, calibration, config, "first-order")
-    facts = facts if facts is not None else config_facts(config)
+    facts = _as_facts(facts) if facts is not None else config_facts(config)
     if not facts:
         raise PhantomLensError("no facts to predict; give a fact file (--facts FILE)")
     config, model, tokenizer = load_for_run(config, model, tokenizer, {})
