@@ -16,6 +16,7 @@ from importlib.resources import files
 import torch
 
 from phantomlens.errors import PhantomLensError
+from phantomlens.facts import with_space
 from phantomlens.forward import evaluation, last_token_logits, output_embedding, token_states
 
 #: Candidates for the automatic competitor: tokens ranked above the target, at most this many.
@@ -93,12 +94,6 @@ def lookup_context(name_or_text: str | None) -> Context | None:
     return None
 
 
-def _with_space(word: str, text: str) -> str:
-    if word and not word[0].isspace() and text and not text[-1].isspace():
-        return " " + word
-    return word
-
-
 def single_token_id(tokenizer, word: str, role: str) -> int:
     """The id of ``word`` as one token, or a one-line error that shows how it tokenizes."""
     if not word or not word.strip():
@@ -133,7 +128,7 @@ def resolve(
         raise PhantomLensError("context is empty; give the text that the target should continue")
     if target is None:
         raise PhantomLensError("no target given; pass --target WORD (the correct next word)")
-    target = _with_space(target, text)
+    target = with_space(target, text)
     target_id = single_token_id(tokenizer, target, "target")
     input_ids = torch.tensor([tokenizer.encode(text)], dtype=torch.long)
     notes: list[str] = []
@@ -144,7 +139,7 @@ def resolve(
         competitor = tokenizer.decode([competitor_id])
         notes.append(f"competitor picked automatically: {competitor!r}")
     else:
-        competitor = _with_space(competitor, text)
+        competitor = with_space(competitor, text)
         competitor_id = single_token_id(tokenizer, competitor, "competitor")
     if competitor_id == target_id:
         raise PhantomLensError(

@@ -125,6 +125,21 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
     return rows
 
 
+def with_space(word: str, text: str) -> str:
+    """``word`` as a continuation of running ``text`` is spelled: with its leading space, unless the
+    text already ends in whitespace (the one rule for contexts, facts and watched items)."""
+    if word and not word[0].isspace() and text and not text[-1].isspace():
+        return " " + word
+    return word
+
+
+def several_tokens(tokenizer, text: str, *words: str | None) -> bool:
+    """Whether any of ``words``, continuing ``text``, is more than one token (a fact, not a context)."""
+    return any(
+        len(tokenizer.encode(with_space(word, text), add_special_tokens=False)) > 1 for word in words if word
+    )
+
+
 def _fact(path: Path, line: int, row: dict) -> Fact:
     unknown = sorted(set(row) - set(FIELDS))
     missing = [field for field in ("prompt", "target") if field not in row]
@@ -200,8 +215,8 @@ def encode_prompt(tokenizer, fact: Fact) -> tuple[str, tuple[int, ...]]:
 def encode_answer(tokenizer, fact: Fact, prompt: str, role: str) -> tuple[int, ...]:
     """The ids of the ``role`` answer as a continuation of ``prompt``, length-checked."""
     answer = getattr(fact, role)
-    if not fact.chat and not answer[0].isspace() and not prompt[-1].isspace():
-        answer = " " + answer  # a continuation of running text starts with its space
+    if not fact.chat:
+        answer = with_space(answer, prompt)  # a continuation of running text starts with its space
     ids = tuple(tokenizer.encode(answer, add_special_tokens=False))
     if not ids or len(ids) > MAX_ANSWER_TOKENS:
         raise PhantomLensError(

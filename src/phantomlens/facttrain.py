@@ -26,6 +26,7 @@ from phantomlens.facts import (
     encode_answer,
     encode_prompt,
     load_facts,
+    several_tokens,
     tokenize_fact,
 )
 from phantomlens.factset import FactBatch, forward_chunk
@@ -56,18 +57,9 @@ def single_fact(config: RunConfig, tokenizer) -> Fact | None:
     )
     if target is None or not text:
         return None
-    several = any(
-        len(tokenizer.encode(_spaced(word, text), add_special_tokens=False)) > 1
-        for word in (target, competitor)
-        if word
-    )
-    if not (config.chat or several):
+    if not (config.chat or several_tokens(tokenizer, text, target, competitor)):
         return None
     return Fact(prompt=text, target=target, competitor=competitor or "", chat=config.chat)
-
-
-def _spaced(word: str, text: str) -> str:
-    return " " + word if word and not word[0].isspace() and not text[-1].isspace() else word
 
 
 def resolve_fact(tokenizer, model, fact: Fact) -> TokenizedFact:
@@ -190,7 +182,6 @@ def train_facts(
 ):
     """Train ``facts`` jointly on the prepared ``model``; the analysed ``FactSetResult``."""
     from tqdm.auto import tqdm
-
 
     tokenized = _tokenized(tokenizer, model, facts)
     device = output_embedding(model).device

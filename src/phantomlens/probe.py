@@ -25,7 +25,7 @@ import torch
 from phantomlens.contexts import Context, ResolvedContext, lookup_context, resolve
 from phantomlens.errors import PhantomLensError
 from phantomlens.factreadout import COLUMNS, FactReadout
-from phantomlens.facts import Fact, TokenizedFact, tokenize_fact
+from phantomlens.facts import Fact, TokenizedFact, several_tokens, tokenize_fact
 from phantomlens.factset import FactBatch, forward_chunk
 from phantomlens.readout import Readout, evaluation, last_token_logits, output_embedding, readout_from_logits
 from phantomlens.settings import ReadoutConfig, StopRule
@@ -119,21 +119,13 @@ def context_specs(contexts) -> list[dict]:
     return specs
 
 
-def _spaced(word: str, text: str) -> str:
-    """``word`` as the continuation of ``text`` is tokenised (contexts and facts add the space alike)."""
-    return " " + word if word and not word[0].isspace() and text and not text[-1].isspace() else word
-
-
 def _spec_fact(tokenizer, spec: dict) -> Fact | None:
     """The spec as a fact: a fact spec, or a context whose target or competitor is several tokens
     (one-token contexts return None and keep the single-context path and its outputs)."""
     if "prompt" in spec:
         return _as_fact(spec)
     text, words = spec["text"], (spec["target"], spec["competitor"])
-    several = any(
-        len(tokenizer.encode(_spaced(word, text), add_special_tokens=False)) > 1 for word in words if word
-    )
-    if not several or not (text or "").strip():
+    if not several_tokens(tokenizer, text, *words) or not (text or "").strip():
         return None  # resolve() gives today's errors for empty or missing words
     return Fact(text, spec["target"], spec["competitor"] or "", spec["name"])
 
