@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phantomlens.atomic import strict_json
+from phantomlens.clifacts import table
 from phantomlens.errors import PhantomLensError, one_line
 
 if TYPE_CHECKING:
@@ -51,12 +52,7 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+_table = table  # one table layout for every command (phantomlens.clifacts)
 
 
 # --- run ---------------------------------------------------------------------------------------
