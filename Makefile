@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/phantomlens run --out runs/demo --overwrite
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff check src tests benchmarks tools examples
 
 # Two tiers, each its own pytest run: the fast tier (unit tests on tiny random models; also what a
 # bare `pytest` runs) and the integration tier (the real SmolLM2). `make test` runs ruff, then both

@@ -175,22 +175,23 @@ EXAMPLES = """## Copy-paste: Hugging Face `Trainer`
 ```python
 from phantomlens import PhantomCallback, StopRule
 
-trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-callback = PhantomCallback.attach(trainer, [
+callback = PhantomCallback([
     ("She felt a deep sense of", " shame", " guilt"),     # (text, target, competitor)
-    "chilly",                                            # or a built-in context name
+    "chilly",                                            # or a built-in context name, or a Fact
 ], rule=StopRule(margin_safe=1.0, patience=3))
+trainer = Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                  callbacks=[callback])
 trainer.train()                 # stops when every context's flip is secure
 print(callback.stop_reason)
+print(callback.verdicts)        # per context: flipped, silent failure, kinematic, structural
 ```
 
-`attach` puts the callback ahead of the `report_to` integrations, so `phantom/<context>/margin`,
-`…/p_target`, `…/phi`, `…/signal`, `…/drag`, `…/flipped`, `phantom/all_flipped` and
-`phantom/secure_steps` reach TensorBoard, MLflow or W&B through the Trainer's own logging. It needs
-no evaluation loop (one extra no-grad forward per context per observed step; `every=k` observes
-every k steps), works with PEFT models, never changes training (no RNG use, modes restored), and
-after `trainer.train(resume_from_checkpoint=...)` it continues its count from the restored log
-history. `stop=False` only logs.
+The callback's scalars (`phantom/<context>/margin`, `…/p_target`, `…/phi`, `…/signal`, `…/drag`,
+`…/flipped`, `phantom/all_flipped`, `phantom/secure_steps`) reach TensorBoard, MLflow or W&B through
+the Trainer's own logging at its `logging_steps`, while the rule observes every step. It needs no
+evaluation loop, works with PEFT models and TRL's `SFTTrainer`, never changes training (no RNG use,
+modes restored), resumes from checkpoints, and at the end gives verdicts and writes a run directory
+that `phantomlens report` reads. `stop=False` only logs. See [trainer.md](trainer.md).
 
 ## Copy-paste: a plain training loop
 

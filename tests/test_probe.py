@@ -154,7 +154,7 @@ def test_callback_resumes_its_counter_from_a_checkpoint(tmp_path):
     second = trainer_for(model, tokenizer, target, out, max_steps=8)
     callback = PhantomCallback.attach(second, ["shame"], rule=StopRule(margin_safe=-1e9, patience=100))
     second.train(resume_from_checkpoint=str(out / "checkpoint-6"))
-    assert callback.probe.secure_steps == 8  # 6 before the checkpoint + 2 after, not 2
+    assert callback.secure_steps == 9  # steps 0…6 before the checkpoint + 7 and 8 after, not 2
 
 
 def test_probe_never_changes_training(tmp_path):

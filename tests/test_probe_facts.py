@@ -193,14 +193,14 @@ class Recorder(TrainerCallback):
         self.logs.append(dict(logs or {}))
 
 
-def trainer_for(model, tokenizer, out, max_steps=30, lr=5e-3):
+def trainer_for(model, tokenizer, out, max_steps=30, lr=5e-3, logging_steps=1000):
     args = TrainingArguments(
         output_dir=str(out),
         max_steps=max_steps,
         per_device_train_batch_size=1,
         learning_rate=lr,
         lr_scheduler_type="constant",
-        logging_steps=1000,
+        logging_steps=logging_steps,
         report_to=[],
         use_cpu=True,
         seed=0,
@@ -221,13 +221,14 @@ def trainer_for(model, tokenizer, out, max_steps=30, lr=5e-3):
 def test_callback_logs_every_fact_and_stops_on_a_secure_set(tmp_path):
     model, tokenizer = make_tiny("llama")
     items = watched(model, tokenizer)
-    trainer = trainer_for(model, tokenizer, tmp_path / "secure")
+    trainer = trainer_for(model, tokenizer, tmp_path / "secure", logging_steps=1)
     callback = PhantomCallback.attach(trainer, items, rule=StopRule(margin_safe=-1e9, patience=3))
     trainer.train()
-    assert trainer.state.global_step == 3 and "flip secure at step 3" in callback.stop_reason
+    # Observations at steps 0 (before training), 1 and 2 are secure: training stops after step 2.
+    assert trainer.state.global_step == 2 and "flip secure at step 2" in callback.stop_reason
     recorder = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, Recorder))
     seen = [log for log in recorder.logs if "phantom/river/margin" in log]
-    assert len(seen) == 3 and seen[-1]["phantom/stopped"] == 1.0
+    assert len(seen) == 2 and seen[-1]["phantom/stopped"] == 1.0
     for name in ("river", "tale", TEXT):
         assert all(f"phantom/{name}/margin" in log for log in seen)
     assert "phantom/tale/logp_competitor" in seen[0] and "phantom/secure_steps" in seen[0]
@@ -239,7 +240,7 @@ def test_training_on_a_fact_stops_when_its_sequence_margin_is_secure(tmp_path):
     callback = PhantomCallback.attach(trainer, FACTS[:1], rule=StopRule(margin_safe=0.5, patience=2))
     trainer.train()
     assert trainer.state.global_step < 60, "the fact should have flipped and stopped training"
-    margins = [e["phantom/river/margin"] for e in trainer.state.log_history if "phantom/river/margin" in e]
+    margins = [observation.readouts["river"].margin for observation in callback.history]
     assert margins[0] < 0 and all(m >= 0.5 for m in margins[-2:])
     tokenized = tokenize_fact(tokenizer, FACTS[0])
     with evaluation(model):

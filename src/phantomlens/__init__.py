@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from phantomlens.version import __version__
 
 if TYPE_CHECKING:
+    from phantomlens.callback import PhantomCallback
     from phantomlens.classify import classify_geometry
     from phantomlens.contexts import Context, builtin_contexts
     from phantomlens.errors import PhantomLensError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from phantomlens.facts import Fact, load_facts
     from phantomlens.models import load_model
     from phantomlens.predict import predict_critical_lr
-    from phantomlens.probe import PhantomCallback, Probe
+    from phantomlens.probe import Probe
     from phantomlens.readout import Readout, measure
     from phantomlens.rundir import RunResult
     from phantomlens.settings import AnalysisConfig, RunConfig, StopRule, SweepConfig
@@ -41,7 +42,7 @@ _EXPORTS: dict[str, str] = {
     "Context": "phantomlens.contexts",
     "Fact": "phantomlens.facts",
     "FactSetResult": "phantomlens.factrun",
-    "PhantomCallback": "phantomlens.probe",
+    "PhantomCallback": "phantomlens.callback",
     "PhantomLensError": "phantomlens.errors",
     "Probe": "phantomlens.probe",
     "Readout": "phantomlens.readout",

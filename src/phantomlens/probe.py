@@ -1,4 +1,6 @@
-"""Early stopping at the flip (docs/early-stopping.md): a plain-loop ``Probe`` and a Hugging Face callback.
+"""Early stopping at the flip (docs/early-stopping.md): a ``Probe`` for any training loop.
+
+The Hugging Face ``TrainerCallback`` built on it is ``phantomlens.callback.PhantomCallback``.
 
 Rule: stop at the first step where every watched context has flipped with margin ≥ ``margin_safe``
 for ``patience`` consecutive observations. The flip comes before the loss stops improving, so
@@ -16,9 +18,8 @@ training without one.
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -29,8 +30,6 @@ from phantomlens.facts import Fact, TokenizedFact, several_tokens, tokenize_fact
 from phantomlens.factset import FactBatch, forward_chunk
 from phantomlens.readout import Readout, evaluation, last_token_logits, output_embedding, readout_from_logits
 from phantomlens.settings import ReadoutConfig, StopRule
-
-logger = logging.getLogger("phantomlens")
 
 #: Scalars a fact logs on top of a context's: its sequence terms and the branch-position margin.
 FACT_KEYS = ("logp_target", "logp_competitor", "margin_branch", "loss_branch")
@@ -131,21 +130,26 @@ def _spec_fact(tokenizer, spec: dict) -> Fact | None:
 
 
 class FactProbe:
-    """The facts a probe watches: tokenised once, measured together in one batched no-grad pass.
+    """The facts a probe watches, measured together in one batched no-grad pass.
 
     Reuses the fact-set run's own batch (``FactBatch``/``forward_chunk``) and readout
     (``FactReadout``), so a fact means the same in a probe as in ``phantomlens run --facts``.
+    With ``keep``, every measurement stays on the device (one [N, F] row block per observation)
+    and ``frame()`` returns the trajectory, with the ΔΦ decomposition between observations; the
+    spectrum (purity, entropy) is skipped, as for contexts: the probe needs margins and Φ.
     """
 
-    def __init__(self, model, tokenizer, facts: list[Fact], *, center: bool, micro_batch: int) -> None:
+    def __init__(
+        self, model, tokenized: list[TokenizedFact], *, center: bool, micro_batch: int, keep: bool = False
+    ) -> None:
         if micro_batch < 1:
             raise PhantomLensError(f"micro_batch must be at least 1, got {micro_batch}")
         self.model = model
-        self.tokenized: list[TokenizedFact] = [tokenize_fact(tokenizer, fact) for fact in facts]
-        self.names = [t.fact.label for t in self.tokenized]
-        # The spectrum (purity, entropy) is skipped, as for contexts: the probe needs margins and Φ.
+        self.tokenized = tokenized
+        self.names = [t.fact.label for t in tokenized]
         self.config = ReadoutConfig(center=center, spectral_topk=0)
         self.micro_batch = micro_batch
+        self.keep = keep
         self._batch: FactBatch | None = None
         self._readout: FactReadout | None = None
 
@@ -157,32 +161,44 @@ class FactProbe:
             or self._readout.unembedding is not unembedding
             or self._batch.device != unembedding.device
         ):
+            old = self._readout
             self._batch = FactBatch(self.tokenized, unembedding.device, self.micro_batch)
             self._readout = FactReadout(
                 unembedding, self._batch.target_ids, self._batch.competitor_ids, self.config
             )
+            if old is not None and self.keep:  # the trajectory so far survives a moved model
+                new = self._readout
+                new.values = [v.to(unembedding.device) for v in old.values]
+                new.steps, new.lrs = old.steps, old.lrs
         return self._batch, self._readout
 
-    def measure(self) -> dict[str, BranchReadout]:
+    def measure(self, step: int = 0, lr: float = math.nan) -> dict[str, BranchReadout]:
         """Every fact's readout; the caller holds ``evaluation(model)`` (eval mode, no grad)."""
         batch, readout = self._tools()
-        outputs = [forward_chunk(self.model, chunk) for chunk in batch.chunks]
+        # Mixed precision (a Trainer with bf16/fp16) must not reach the readout: autocast off, so a
+        # model with fp32 weights is measured in fp32; bf16 weights give logits upcast to fp64.
+        with torch.autocast(batch.device.type, enabled=False):
+            outputs = [forward_chunk(self.model, chunk) for chunk in batch.chunks]
         sequence = {
-            "loss": torch.cat([o.loss for o in outputs]),
-            "logp_target": torch.cat([o.logp_target for o in outputs]),
-            "logp_competitor": torch.cat([o.logp_competitor for o in outputs]),
+            key: torch.cat([getattr(o, key) for o in outputs]).double()
+            for key in ("loss", "logp_target", "logp_competitor")
         }
-        readout.record(0, math.nan, torch.cat([o.branch_logits for o in outputs]), sequence)
+        readout.record(step, lr, torch.cat([o.branch_logits for o in outputs]), sequence)
         values = readout.values[-1].tolist()  # the one host read: [N, F] for every fact at once
-        # The probe keeps no trajectory: drop what FactReadout keeps for a run's frame(), so the
-        # probe's memory stays flat however long training goes.
-        for kept in (readout.values, readout.grams, readout.steps, readout.lrs, readout.history):
-            kept.clear()
+        if not self.keep:  # a probe that keeps no trajectory keeps flat memory however long it runs
+            for kept in (readout.values, readout.grams, readout.steps, readout.lrs, readout.history):
+                kept.clear()
         geometry = "centred" if self.config.center else "raw"
         return {
             name: _branch_readout(dict(zip(COLUMNS, row, strict=True)), geometry)
             for name, row in zip(self.names, values, strict=True)
         }
+
+    def frame(self):
+        """The kept trajectory: one row per observation per fact (``FactReadout.frame``)."""
+        if self._readout is None or not self._readout.values:
+            raise PhantomLensError("nothing was measured yet")
+        return self._readout.frame(self.names)
 
 
 def _branch_readout(row: dict[str, float], geometry: str) -> BranchReadout:
@@ -220,9 +236,9 @@ class Probe:
             for s, fact in as_facts
             if fact is None
         }
-        facts = [fact for _, fact in as_facts if fact is not None]
+        facts = [tokenize_fact(tokenizer, fact) for _, fact in as_facts if fact is not None]
         self.facts = (
-            FactProbe(model, tokenizer, facts, center=center, micro_batch=micro_batch) if facts else None
+            FactProbe(model, facts, center=center, micro_batch=micro_batch) if facts else None
         )
         self._check_names()
         self.secure_steps = 0
@@ -282,99 +298,6 @@ class Probe:
 
     def load_state_dict(self, state: dict) -> None:
         self.secure_steps = int(state["secure_steps"])
-
-
-def _trainer_callback_base():
-    try:
-        from transformers import TrainerCallback
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return object
-    return TrainerCallback
-
-
-@dataclass
-class _Pending:
-    step: int
-    scalars: dict[str, float] = field(default_factory=dict)
-
-
-class PhantomCallback(_trainer_callback_base()):
-    """Hugging Face ``TrainerCallback``: log the readout, stop when the flip is secure.
-
-    Scalars go through the Trainer's own logging as ``phantom/<context>/<quantity>``, so every
-    ``report_to`` integration receives them when the callback runs before the integrations:
-    ``PhantomCallback.attach(trainer, contexts)`` puts it there. It needs no evaluation loop, works
-    with PEFT models, and resumes from a checkpoint by reading its counter back from the
-    restored ``log_history``. ``contexts`` may hold facts too (see ``Probe``): each is logged under
-    its name, with the sequence margin as ``margin``, and all of them cost one batched pass.
-    """
-
-    def __init__(
-        self,
-        contexts,
-        tokenizer=None,
-        *,
-        rule: StopRule | None = None,
-        every: int = 1,
-        prefix: str = "phantom",
-        stop: bool = True,
-        center: bool = False,
-        micro_batch: int = 32,
-    ):
-        self.contexts = context_specs(contexts)
-        self.tokenizer = tokenizer
-        self.rule = rule or StopRule()
-        if every < 1:
-            raise PhantomLensError(f"every must be at least 1, got {every}")
-        self.every, self.prefix, self.stop, self.center = every, prefix, stop, center
-        self.micro_batch = micro_batch
-        self.probe: Probe | None = None
-        self.stop_reason = ""
-        self._pending: _Pending | None = None
-
-    @classmethod
-    def attach(cls, trainer, contexts, **kwargs) -> PhantomCallback:
-        """Create the callback and put it first, ahead of the reporting integrations."""
-        callback = cls(contexts, kwargs.pop("tokenizer", None) or trainer.processing_class, **kwargs)
-        trainer.callback_handler.callbacks.insert(0, callback)
-        return callback
-
-    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        tokenizer = self.tokenizer or processing_class
-        if tokenizer is None:
-            raise PhantomLensError(
-                "PhantomCallback needs a tokenizer: pass it, or give the Trainer processing_class"
-            )
-        self.probe = Probe(
-            model, tokenizer, self.contexts, self.rule, center=self.center, micro_batch=self.micro_batch
-        )
-        key = f"{self.prefix}/secure_steps"
-        logged = [entry[key] for entry in state.log_history if key in entry]
-        if state.global_step > 0 and logged:
-            self.probe.secure_steps = int(logged[-1])  # resumed from a checkpoint
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.probe is None or state.global_step % self.every:
-            return control
-        observation = self.probe.observe(state.global_step)
-        scalars = observation.scalars(self.prefix)
-        if observation.should_stop and self.stop:
-            control.should_training_stop = True
-            self.stop_reason = observation.reason
-            scalars[f"{self.prefix}/stopped"] = 1.0
-            logger.warning("phantomlens: stopping training: %s", observation.reason)
-        self._pending = _Pending(state.global_step, scalars)
-        control.should_log = True
-        return control
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self._pending is None or logs is None:
-            return control
-        logs.update(self._pending.scalars)
-        if state.log_history and state.log_history[-1].get("step") == self._pending.step:
-            state.log_history[-1].update(self._pending.scalars)  # so a checkpoint carries them
-        self._pending = None
-        return control
 
 
 def loss_plateau_step(losses: list[float], min_delta: float = 0.0, patience: int = 3) -> int | None:

@@ -1,0 +1,292 @@
+"""What ``PhantomCallback`` does at the edges of training: checks and set-up before the first step,
+the trajectory saved with each checkpoint, and the verdicts and run directory at the end.
+
+Kept apart from ``callback.py`` so that the callback itself reads as the Trainer's event list.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from phantomlens.errors import PhantomLensError
+from phantomlens.facts import Fact, TokenizedFact
+from phantomlens.probe import FactProbe
+
+logger = logging.getLogger("phantomlens")
+
+#: Where the run directory goes by default, inside the Trainer's ``output_dir``.
+EXPORT_DIR = "phantomlens"
+#: The trajectory so far, saved in each checkpoint folder so that a resumed run keeps its history.
+CHECKPOINT_FILE = "phantomlens-trajectory.parquet"
+#: HF ``lr_scheduler_type`` → the schedule a run records (any other is recorded as constant, with a note).
+SCHEDULES = {
+    "linear": "linear",
+    "cosine": "cosine",
+    "constant": "constant",
+    "constant_with_warmup": "constant",
+}
+
+
+def export_dir(callback, args) -> Path:
+    """The run directory the callback writes at the end."""
+    return Path(callback.out) if callback.out else Path(args.output_dir) / EXPORT_DIR
+
+
+def spec_fact(spec: dict) -> Fact:
+    """A watched item's spec (``probe.context_specs``) as a fact; a context is a fact whose prompt is
+    its text (its competitor may be empty: the documented rule picks one)."""
+    if "prompt" in spec:
+        return Fact(spec["prompt"], spec["target"], spec.get("competitor") or "", spec["name"], spec["chat"])
+    return Fact(spec["text"], spec["target"], spec.get("competitor") or "", spec["name"])
+
+
+def tokenized_facts(tokenizer, model, specs: list[dict], vocab_size: int) -> list[TokenizedFact]:
+    """Every watched item tokenised by the Trainer's tokenizer, checked against the model."""
+    from phantomlens.facttrain import resolve_fact
+
+    tokenized = []
+    for spec in specs:
+        try:
+            fact = resolve_fact(tokenizer, model, spec_fact(spec))
+        except PhantomLensError as error:
+            raise PhantomLensError(f"PhantomCallback: {error}") from None
+        ids = [*fact.prompt_ids, *fact.target_ids, *fact.competitor_ids]
+        if max(ids) >= vocab_size:
+            raise PhantomLensError(
+                f"PhantomCallback: fact {fact.fact.label!r} has token id {max(ids)}, beyond the model's "
+                f"{vocab_size} output rows: the tokenizer does not belong to this model"
+            )
+        tokenized.append(fact)
+    labels = [t.fact.label for t in tokenized]
+    repeated = sorted({name for name in labels if labels.count(name) > 1})
+    if repeated:
+        raise PhantomLensError(f"PhantomCallback: two watched items are named {repeated[0]!r}; name each")
+    return tokenized
+
+
+def check_export(callback, args, state) -> Path | None:
+    """The run directory to write at the end, checked now: an existing folder is replaced only if
+    it is an earlier export (a fact-set run directory); anything else is refused before training."""
+    from phantomlens.atomic import check_output_dir
+    from phantomlens.factresults import is_fact_set
+
+    if not callback.export or not state.is_world_process_zero:
+        return None
+    out = export_dir(callback, args)
+    earlier = out.is_dir() and is_fact_set(out)
+    if out.is_dir() and any(out.iterdir()) and not earlier:
+        raise PhantomLensError(
+            f"PhantomCallback: {out} exists and is not a phantomlens run directory; pass out= elsewhere"
+        )
+    check_output_dir(out, overwrite=True)
+    return out
+
+
+def begin(callback, args, state, model, tokenizer) -> tuple[FactProbe, dict[str, Any]]:
+    """Everything checked before the first step; the recorder and what the end will need."""
+    from phantomlens.forward import output_embedding
+    from phantomlens.session import embedding_sha256
+
+    if model is None:
+        raise PhantomLensError("PhantomCallback: the Trainer gave no model")
+    unembedding = output_embedding(model)
+    tokenized = tokenized_facts(tokenizer, model, callback.contexts, unembedding.shape[0])
+    out = check_export(callback, args, state)
+    recorder = FactProbe(
+        model, tokenized, center=callback.center, micro_batch=callback.micro_batch, keep=True
+    )
+    run = {
+        "tokenized": tokenized,
+        "out": out,
+        "started": time.perf_counter(),
+        "hash_start": embedding_sha256(model),
+        "earlier": None,
+        "notes": precision_notes(args, unembedding),
+    }
+    if state.global_step > 0:
+        resume(callback, args, state, run)
+    logger.info(
+        "phantomlens: watching %d fact(s)%s",
+        len(tokenized),
+        f"; run directory at the end: {out}" if out else "",
+    )
+    return recorder, run
+
+
+def precision_notes(args, unembedding: torch.Tensor) -> list[str]:
+    """What the readout's precision was, said plainly in the run's notes."""
+    notes = []
+    mixed = "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else ""
+    if mixed:
+        notes.append(
+            f"trained with {mixed} mixed precision; the readout and the margins were measured with "
+            "autocast off, in the weights' own precision, and computed in float64"
+        )
+    if unembedding.dtype != torch.float32:
+        notes.append(
+            f"the model's weights are {str(unembedding.dtype).removeprefix('torch.')}: its logits carry "
+            "that rounding; the readout upcasts them to float64"
+        )
+    for note in notes:
+        logger.info("phantomlens: %s", note)
+    return notes
+
+
+def resume(callback, args, state, run: dict) -> None:
+    """A run resumed from a checkpoint: its trajectory so far, and the stop rule's counter."""
+    import pandas as pd
+
+    key = f"{callback.prefix}/secure_steps"
+    logged = [entry[key] for entry in state.log_history if key in entry]
+    if callback.secure_steps == 0 and logged:  # without the trajectory, the last logged count
+        callback.secure_steps = int(logged[-1])
+    path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_FILE
+    if not path.is_file():
+        run["notes"].append(
+            f"resumed at step {state.global_step} without {path.name} (checkpoint outside output_dir?): "
+            "the trajectory starts there"
+        )
+        return
+    earlier = pd.read_parquet(path)
+    earlier = earlier[earlier["step"] <= state.global_step]
+    run["earlier"] = earlier
+    callback.observed_step = int(earlier["step"].max())
+    # The stop rule's counter, recomputed from the margins observed before the checkpoint: exact
+    # whatever logging_steps was (the log history holds only the logged steps).
+    streak = 0
+    for _, rows in earlier.sort_values("step").groupby("step", sort=True):
+        streak = callback.rule.next_streak(streak, rows["margin"].tolist())
+    callback.secure_steps = streak
+
+
+def trajectory(callback):
+    """The trajectory so far: rows saved before a resume, then this process's observations."""
+    import pandas as pd
+
+    frame = callback.recorder.frame()
+    earlier = callback._run.get("earlier")
+    if earlier is None:
+        return frame
+    earlier = earlier[earlier["step"] < frame["step"].min()]
+    return pd.concat([earlier, frame], ignore_index=True)
+
+
+def save_checkpoint_trajectory(callback, args, state) -> None:
+    """The trajectory so far, next to the checkpoint the Trainer has just written."""
+    from phantomlens.atomic import write_bytes_atomic
+
+    folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+    if not folder.is_dir():
+        return
+    buffer = io.BytesIO()
+    trajectory(callback).to_parquet(buffer, index=False)
+    write_bytes_atomic(folder / CHECKPOINT_FILE, buffer.getvalue())
+
+
+def trainer_run_config(callback, args, state, model):
+    """The run the Trainer made, as a ``RunConfig`` record (what ``analyze`` and ``report`` show)."""
+    from phantomlens.models import describe_model
+    from phantomlens.settings import MAX_STEPS, ReadoutConfig, RunConfig
+
+    scheduler = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    steps = max(1, min(int(state.max_steps or state.global_step or 1), MAX_STEPS))
+    peft_config = getattr(model, "peft_config", None) or {}
+    lora = next(iter(peft_config.values()), None)
+    settings = {
+        "model": describe_model(model),
+        "mode": "lora" if lora is not None else "full",
+        "lr": float(args.learning_rate),
+        "steps": steps,
+        "schedule": SCHEDULES.get(scheduler, "constant"),
+        "warmup_fraction": min(1.0, args.get_warmup_steps(steps) / steps),
+        "optimizer": "sgd" if "sgd" in str(getattr(args.optim, "value", args.optim)) else "adamw",
+        "weight_decay": float(args.weight_decay),
+        "seed": int(args.seed),
+        "device": str(args.device),
+        "early_stop": callback.stop,
+        "stop": callback.rule,
+        "readout": ReadoutConfig(center=callback.center, spectral_topk=0),
+    }
+    if lora is not None and hasattr(lora, "r"):
+        settings.update(lora_r=int(lora.r), lora_alpha=float(lora.lora_alpha))
+    return RunConfig(**settings)
+
+
+def finish(callback, args, state, analysis):
+    """The verdicts: the analysed ``FactSetResult`` of what the callback observed, exported and told."""
+    from phantomlens.factrun import FactSetResult
+    from phantomlens.facttrain import summarize_facts
+    from phantomlens.forward import output_embedding
+    from phantomlens.loop import Outcome
+    from phantomlens.session import embedding_sha256
+
+    run, model = callback._run, callback.recorder.model
+    frame = trajectory(callback)
+    diverged = run.get("diverged_step")
+    stopped = bool(callback.stop_reason) and diverged is None
+    outcome = Outcome(
+        status="diverged" if diverged is not None else "completed",
+        reason="a watched loss or margin became non-finite" if diverged is not None else "",
+        diverged_step=diverged,
+        stopped_early=stopped,
+        stop_reason=callback.stop_reason if stopped else "",
+        updates=int(state.global_step),
+    )
+    config = trainer_run_config(callback, args, state, model)
+    context = {
+        "outcome": outcome,
+        "hashes": (run["hash_start"], embedding_sha256(model)),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "wall": time.perf_counter() - run["started"],
+        "vocab_size": output_embedding(model).shape[0],
+        "device": str(output_embedding(model).device),
+    }
+    summary, events = summarize_facts(frame, run["tokenized"], config, context, analysis)
+    notes = [f"recorded by PhantomCallback inside {trainer_name(args)}", *run["notes"], *summary.notes]
+    result = FactSetResult(summary.replace(notes=notes), frame, events)
+    if run["out"] is not None:
+        result.save(run["out"], overwrite=True, config=config)
+    tell(result, run["out"])
+    return result
+
+
+def trainer_name(args) -> str:
+    scheduler = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    return (
+        f"a Hugging Face Trainer (optim {getattr(args.optim, 'value', args.optim)}, lr_scheduler_type "
+        f"{scheduler}, logging_steps {args.logging_steps})"
+    )
+
+
+def tell(result, out: Path | None) -> None:
+    """The verdict table in the log; a warning that names the silent failures."""
+    summary = result.summary
+    lines = [f"{'fact':<28} {'verdict':<11} {'margin start → end':>22}  flip step"]
+    for fact in summary.facts:
+        verdict = "flipped" if fact.outcome == "success" else fact.outcome
+        verdict += " (silent)" if fact.silent else ""
+        flip = "-" if fact.flip_step is None else str(fact.flip_step)
+        margins = f"{fact.margin_initial:+10.3f} → {fact.margin_final:+8.3f}"
+        lines.append(f"{fact.name[:28]:<28} {verdict:<11} {margins}  {flip}")
+    where = f"; run directory {out} (phantomlens analyze/report read it)" if out else ""
+    failed = summary.n_facts - summary.n_flipped
+    level = logging.WARNING if failed else logging.INFO
+    logger.log(
+        level,
+        "phantomlens: %d of %d facts flipped%s\n%s",
+        summary.n_flipped,
+        summary.n_facts,
+        where,
+        "\n".join(lines),
+    )
+    if summary.silent_failures:
+        logger.warning(
+            "phantomlens: silent failure (the loss fell but the target never beat the competitor): %s",
+            ", ".join(summary.silent_failures),
+        )
