@@ -256,3 +256,36 @@ def test_sft_trainer_from_trl(tmp_path):
     assert [o.step for o in callback.history] == list(range(5))
     assert sum("phantom/river/margin" in log for log in stand_in.logs) == 2
     assert callback.result.summary.n_facts == 2
+
+
+def test_predicts_critical_lrs_for_the_trainers_schedule_and_changes_nothing(tmp_path, caplog):
+    def weights_after(predict: bool):
+        model, tokenizer = make_tiny("llama")
+        callback = PhantomCallback(FACTS, rule=never_stops(), predict=predict, export=False)
+        run = trainer(model, tokenizer, tmp_path / f"p{predict}", [callback], steps=3, lr=1e-6,
+                      lr_scheduler_type="linear", warmup_steps=1)  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="phantomlens"):
+            run.train()
+        return callback, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    callback, with_prediction = weights_after(True)
+    _, without = weights_after(False)
+    assert torch.equal(with_prediction, without)  # the prediction works on a private copy
+    assert [p.name for p in callback.predictions] == ["river", "tale"]
+    behind = [p for p in callback.predictions if p.margin_initial < 0]
+    assert behind, "the tiny model should start with some fact behind"
+    for p in behind:
+        assert p.eta_c_joint is None or p.eta_c_joint > 1e-6
+        assert f"fact {p.name!r} is predicted not to flip" in caplog.text
+
+
+def test_the_trainers_schedule_is_read_from_its_scheduler():
+    from transformers import get_linear_schedule_with_warmup
+
+    from phantomlens.callbackrun import trainer_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=2, num_training_steps=10)
+    factors = trainer_schedule(scheduler, 10, fallback=[1.0] * 10)
+    assert factors[:3] == [0.0, 0.5, 1.0] and factors[-1] == pytest.approx(0.125)
+    assert trainer_schedule(object(), 3, fallback=[1.0, 1.0, 1.0]) == [1.0, 1.0, 1.0]

@@ -39,8 +39,10 @@ class PhantomCallback(*_trainer_callback_bases()):
     ``processing_class``. ``every``: observe every n-th step (the stop rule counts observations).
     ``stop``: end training once the flip is secure (and when the watched losses become non-finite).
     ``out``: the run directory written at the end (default ``<output_dir>/phantomlens``);
-    ``export=False`` writes none. After training, ``result`` is the ``FactSetResult`` and
-    ``verdicts`` its per-fact table.
+    ``export=False`` writes none. ``predict``: before the first step, predict each fact's critical
+    LR for the Trainer's own schedule and step budget (``predictions``), and warn about the facts
+    the Trainer's learning rate is predicted not to flip. After training, ``result`` is the
+    ``FactSetResult`` and ``verdicts`` its per-fact table.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class PhantomCallback(*_trainer_callback_bases()):
         micro_batch: int = 32,
         out: str | None = None,
         export: bool = True,
+        predict: bool = False,
     ):
         self.contexts = context_specs(contexts)
         self.tokenizer = tokenizer
@@ -65,7 +68,8 @@ class PhantomCallback(*_trainer_callback_bases()):
         if micro_batch < 1:
             raise PhantomLensError(f"micro_batch must be at least 1, got {micro_batch}")
         self.every, self.prefix, self.stop, self.center = every, prefix, stop, center
-        self.micro_batch, self.out, self.export = micro_batch, out, export
+        self.micro_batch, self.out, self.export, self.predict = micro_batch, out, export, predict
+        self.predictions: list | None = None
         self.secure_steps = 0
         self.stop_reason = ""
         self.recorder: FactProbe | None = None
@@ -98,6 +102,7 @@ class PhantomCallback(*_trainer_callback_bases()):
                 "micro_batch": self.micro_batch,
                 "out": self.out,
                 "export": self.export,
+                "predict": self.predict,
             },
             "attributes": {"secure_steps": self.secure_steps, "stop_reason": self.stop_reason},
         }
@@ -141,6 +146,10 @@ class PhantomCallback(*_trainer_callback_bases()):
                 "the Trainer processing_class=tok"
             )
         self.recorder, self._run = begin(self, args, state, model, tokenizer)
+        if self.predict and state.global_step == 0:
+            from phantomlens.callbackrun import predict_in_trainer
+
+            self.predictions = predict_in_trainer(self, args, state, kwargs.get("lr_scheduler"))
         self._observe(args, state, control, kwargs.get("lr_scheduler"))
         return control
 

@@ -290,3 +290,44 @@ def tell(result, out: Path | None) -> None:
             "phantomlens: silent failure (the loss fell but the target never beat the competitor): %s",
             ", ".join(summary.silent_failures),
         )
+
+
+def trainer_schedule(lr_scheduler, steps: int, fallback: list[float]) -> list[float]:
+    """The Trainer's own LR multipliers s_t (peak 1) for its T steps, read from its scheduler."""
+    lambdas = getattr(lr_scheduler, "lr_lambdas", None)
+    if not lambdas:
+        return fallback  # not a LambdaLR: the schedule the run records
+    factors = [float(lambdas[0](t)) for t in range(steps)]
+    peak = max(factors, default=0.0)
+    return [f / peak for f in factors] if peak > 0 else fallback
+
+
+def predict_in_trainer(callback, args, state, lr_scheduler) -> list:
+    """First-order η̂_c of every watched fact, alone and inside the set, for the Trainer's own
+    schedule and step budget (κ = 1), on a private copy of the model; warns about the facts whose
+    predicted critical LR is above the Trainer's learning rate."""
+    from phantomlens.factpredict import measure_facts
+    from phantomlens.session import schedule_factors
+
+    model = callback.recorder.model
+    config = trainer_run_config(callback, args, state, model)
+    fallback = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
+    total = sum(trainer_schedule(lr_scheduler, config.steps, fallback))
+    _, predictions = measure_facts(model, config, callback._run["tokenized"], total, 1.0)
+    below = [
+        p
+        for p in predictions
+        if p.eta_c_joint is None or (p.eta_c_joint > config.lr and p.margin_initial < 0)
+    ]
+    for p in below:
+        need = "no LR: its first update moves it away" if p.eta_c_joint is None else f"{p.eta_c_joint:.3g}"
+        logger.warning(
+            "phantomlens: fact %r is predicted not to flip: the Trainer's learning rate %.3g is below its "
+            "critical LR %s (first-order, κ = 1, trained with the other watched facts, this schedule, "
+            "%d steps)",
+            p.name,
+            config.lr,
+            need,
+            config.steps,
+        )
+    return predictions
