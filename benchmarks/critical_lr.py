@@ -11,8 +11,9 @@
 3. Cost: passes for a prediction (1 forward + 2 backward) against the passes the sweep spent.
 4. Baseline: a learning-rate range test (exponential LR ramp over 100 steps, suggestion at the
    steepest smoothed loss descent, torch-lr-finder's conventions) on the same contexts.
-Writes benchmarks/results/critical_lr.json, benchmarks/results/calibration.json and
-docs/critical-lr.md.
+Writes benchmarks/results/critical_lr.json, benchmarks/results/calibration.json (sweeps named
+relative to the repository) and docs/critical-lr.md. The calibration the package ships is made from
+the same sweeps by ``python -m tools.ship_calibration``.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def _calibration(dirs: list[Path]) -> dict:
     from phantomlens.errors import PhantomLensError
 
     try:
-        calibration = calibrate(dirs)
+        calibration = calibrate(dirs, relative_to=ROOT)
     except PhantomLensError:  # nothing measured yet
         return {"kappa": {}, "blind": []}
     write_json_atomic(RESULTS / "calibration.json", calibration)
@@ -388,7 +389,8 @@ def intro_lines(result: dict) -> list[str]:
         "",
         "η_c is the smallest peak LR at which a run ends in `success` (flip held at the end of the",
         f"budget), measured by bracketing and bisection in log-LR to {tolerance:.0%} (`phantomlens sweep`).",
-        "Three predictions (`phantomlens predict --variant ...`), each divided by its own fitted κ:",
+        "Three predictions (`phantomlens predict --variant ...`, all computed on every call), each "
+        "divided by its own fitted κ:",
         "",
         "| variant | passes | what it assumes |",
         "|---|---|---|",
@@ -401,9 +403,11 @@ def intro_lines(result: dict) -> list[str]:
         "and m_0 + η·A_0·Σs_t + η²·G·Σ s_t P_t = 0 is solved for η |",
         "",
         "```",
-        "phantomlens predict --context shame --mode lora --json          # η̂_c at κ = 1",
+        "phantomlens predict --context shame --mode lora                # η̂_c, its interval, the LR to use",
+        "phantomlens predict --context shame --mode lora --plot lr.png  # predicted final margin vs LR",
+        "phantomlens predict --context shame --mode lora --steps 20 --schedule linear  # κ = 1: said so",
         "phantomlens sweep --contexts shame chilly --mode lora --out sweeps/lora",
-        "phantomlens calibrate sweeps/lora --out calibration.json       # κ and its spread",
+        "phantomlens calibrate sweeps/lora --out calibration.json       # κ, its spread, its domain",
         "phantomlens predict --context shame --mode lora --calibration calibration.json",
         "```",
         "",
@@ -415,6 +419,71 @@ def intro_lines(result: dict) -> list[str]:
         "",
         f"Benchmark settings: models {', '.join(result['models'])}; modes {', '.join(result['modes'])}; "
         f"{len(result['contexts'])} contexts ({', '.join(result['contexts'])}); T = 50, cosine, AdamW, seed 0.",
+        "",
+    ]
+
+
+def _domain_words(result: dict) -> str:
+    points = []
+    for k in result["kappa"].values():
+        for d in k.get("domain") or []:
+            warmup = "" if d["schedule"] == "constant" else f", warm-up {fmt(d.get('warmup_fraction'), 'g')}"
+            text = f"{d['mode']}/{d['optimizer']}, {d['schedule']}, T = {d['steps']}{warmup}"
+            if text not in points:
+                points.append(text)
+    return "; ".join(points) or "not recorded (regenerate this doc)"
+
+
+def use_lines(result: dict) -> list[str]:
+    """Which prediction `phantomlens predict` gives by default, and the LR it recommends."""
+    from phantomlens.predict import DEFAULT_VARIANT
+    from phantomlens.settings import StopRule
+    from tools.ship_calibration import best_variants
+
+    best = best_variants(result["blind"])
+    if not best:
+        return []
+    agree = all(b["variant"] == DEFAULT_VARIANT for b in best.values())
+    spreads = [
+        f"{key}: σ = {k['log_std']:.2f}, {pct(k.get('interval_coverage'), 0)} of its contexts inside"
+        for key, k in result["kappa"].items()
+        if key.endswith("/" + DEFAULT_VARIANT)
+    ]
+    return [
+        "## Which prediction to use",
+        "",
+        "`phantomlens predict` (and `predict_critical_lr`) uses by default the variant with the lowest "
+        "median blind-test error on a held-out model (mean over the held-out models; below), per mode: "
+        + "; ".join(
+            f"{key}: {b['variant']} ("
+            + ", ".join(f"{v} {pct(e)}" for v, e in b["mean_of_median_abs_errors"].items())
+            + ")"
+            for key, b in best.items()
+        )
+        + f". The library's default is `{DEFAULT_VARIANT}`"
+        + (", the best in every mode." if agree else ", which these results **no longer rank first**.")
+        + " `--variant` picks any of the three; a fact of several tokens is predicted first-order.",
+        "",
+        "It divides by the κ shipped with the package (`phantomlens/data/calibration.json`, made by "
+        "`python -m tools.ship_calibration` from the sweeps below), but only for a run inside the domain "
+        f"that κ was fitted on: {_domain_words(result)}. Any other mode, optimiser, schedule, T or "
+        "warm-up gets κ = 1, and the output says \"outside the calibration's domain (fitted on …): κ = 1, "
+        "uncalibrated\" (κ absorbs what a variant's model misses over the run, which depends on the "
+        "schedule and T). A calibration of your own "
+        "(`--calibration`) records its domain the same way; `--kappa` gives κ directly.",
+        "",
+        "The headline comes with an interval η̂_c·exp(±σ), σ the standard deviation of log κ over the "
+        "calibration's contexts (" + "; ".join(spreads) + "). η_c itself is a knife edge: a run at η_c "
+        "ends barely flipped, target and competitor almost level. So the output also names a "
+        "*recommended LR*, the "
+        "smallest at which the chosen variant's predicted final margin m_T(η) reaches "
+        f"`margin_safe` = {StopRule().margin_safe:g} (p_target ≥ e·p_competitor; `--margin-safe`) even "
+        "with κ at the low end of its spread (κ·e^−σ, so the recommendation is e^σ above where the "
+        "central κ's margin curve crosses margin_safe; uncalibrated, σ = 0), and "
+        "`--plot FILE.png` draws m_T against LR with η̂_c, its interval and the recommendation marked. "
+        "Schedules: `cosine`, `linear` (Hugging Face's default: warm-up, then linear decay to 0) and "
+        "`constant`; a trainer's own schedule can be given as per-step factors "
+        "(`predict_critical_lr(..., factors=[...])`).",
         "",
     ]
 
@@ -589,6 +658,7 @@ def write_doc(result: dict) -> None:
     """docs/critical-lr.md, from the benchmark JSON alone."""
     sections = (
         intro_lines,
+        use_lines,
         context_lines,
         kappa_and_blind_lines,
         cost_and_range_lines,

@@ -235,3 +235,135 @@ def test_entry_point_never_shows_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown model 'no-such-org/no-such-model'")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- feedback: no dependency noise, early stopping said, stored analyses kept -------------------
+
+
+def run_argv(tiny_dir, out, *extra) -> list[str]:
+    target, competitor = pair()
+    return ["run", "--model", str(tiny_dir), "--context", TEXT, "--target", target,
+            "--competitor", competitor, "--out", str(out), *map(str, extra)]  # fmt: skip
+
+
+def test_a_run_prints_no_dependency_warning_or_bar(tiny_dir, tmp_path):
+    """LoRA makes PEFT ask transformers for the deprecated ``is_gradient_checkpointing``; the
+    command's stderr (not a terminal: no bar either) must stay empty even with every warning on."""
+    argv = run_argv(tiny_dir, tmp_path / "r", "--mode", "lora", "--steps", "3", "--lr", "0.01")
+    proc = subprocess.run(
+        [sys.executable, "-W", "always", "-m", "phantomlens.cli", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "always"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+
+
+def test_the_library_silences_dependency_deprecations_at_the_source_only():
+    """Inside a run the dependencies' deprecation notices are off; a library user's own warnings,
+    and phantomlens's own, still show, and the user's warning settings are as they were after."""
+    import warnings
+
+    from phantomlens.models import dependency_noise_off
+    from phantomlens.train import finetune
+
+    model, tokenizer = make_tiny("llama")
+    target, competitor = pair()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        finetune(model=model, tokenizer=tokenizer, context=TEXT, target=target, competitor=competitor,
+                 mode="lora", steps=2, progress=False)  # fmt: skip
+        with dependency_noise_off():
+            warnings.warn_explicit("theirs", FutureWarning, "x.py", 1, module="transformers.modeling_utils")
+            warnings.warn_explicit("ours", FutureWarning, "x.py", 1, module="phantomlens.train")
+            warnings.warn_explicit("yours", DeprecationWarning, "x.py", 1, module="my_project")
+        warnings.warn_explicit("theirs again", FutureWarning, "x.py", 1, module="transformers.x")
+    assert [str(w.message) for w in seen] == ["ours", "yours", "theirs again"]
+
+
+def test_dependency_noise_off_restores_transformers_bars_and_log_level():
+    from transformers.utils import logging as hf_logging
+
+    from phantomlens.models import dependency_noise_off
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    try:
+        hf_logging.enable_progress_bar()
+        hf_logging.set_verbosity_warning()
+        with dependency_noise_off():
+            assert not hf_logging.is_progress_bar_enabled()  # no "Loading weights" bar
+            assert hf_logging.get_verbosity() == hf_logging.ERROR
+        assert hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == hf_logging.WARNING
+    finally:
+        hf_logging.set_verbosity(level)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+
+
+def test_only_phantomlenss_own_warnings_are_shown_even_in_a_checkout_named_phantomlens(capsys):
+    from phantomlens import cli
+
+    venv = os.path.join(os.sep, "home", "me", "phantomlens", ".venv", "lib", "site-packages")
+    cli._show_warning(FutureWarning("deprecated"), FutureWarning, os.path.join(venv, "peft", "x.py"), 1)
+    assert capsys.readouterr().err == ""
+    cli._show_warning(UserWarning("tokens overlap"), UserWarning, os.path.join(cli._PACKAGE_DIR, "a.py"), 1)
+    cli._show_warning(UserWarning("phantomlens: cache rebuilt"), UserWarning, "elsewhere.py", 1)
+    assert capsys.readouterr().err == "warning: tokens overlap\nwarning: cache rebuilt\n"
+
+
+def test_run_early_stop_says_it_stopped_early_when_and_why(tiny_dir, tmp_path, capsys):
+    argv = run_argv(tiny_dir, tmp_path / "r", "--mode", "full", "--steps", "30", "--lr", "0.01")
+    code, stdout, _ = run_cli(capsys, *argv, "--early-stop", "--patience", "2")
+    assert code == 0
+    stored = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert stored["stopped_early"] and stored["steps_completed"] < 30
+    line = next(line for line in stdout.splitlines() if line.startswith("stopped"))
+    done = stored["steps_completed"]
+    assert line == f"stopped   EARLY after {done} of 30 steps ({30 - done} not run): {stored['stop_reason']}"
+    assert stored["stop_reason"]  # the rule's reason (probe.py words it)
+    code, stdout, _ = run_cli(capsys, *run_argv(tiny_dir, tmp_path / "s", "--steps", "3", "--lr", "0.01"))
+    assert code == 0 and "stopped" not in stdout
+
+
+def test_analyze_never_overwrites_a_stored_analysis_silently(tiny_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert run_cli(capsys, *run_argv(tiny_dir, run, "--steps", "6", "--lr", "0.01"))[0] == 0
+    stored = {name: (run / name).read_bytes() for name in ("summary.json", "events.json")}
+    code, stdout, _ = run_cli(capsys, "analyze", run)  # the same analysis: proceeds, and says so
+    assert code == 0 and "unchanged the stored events.json and summary.json" in stdout
+    assert {name: (run / name).read_bytes() for name in stored} == stored
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, _, stderr = run_cli(capsys, "analyze", run, "--jump-min-abs", "0.5")
+    assert code == 2 and stderr.startswith(f"error: {run}: this analysis would change the stored")
+    assert "analysis_thresholds" in stderr and "--overwrite" in stderr and len(stderr.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written, figure included
+    code, stdout, _ = run_cli(capsys, "analyze", run, "--jump-min-abs", "0.5", "--overwrite")
+    assert code == 0 and "the stored analysis replaced" in stdout
+    assert json.loads((run / "events.json").read_text())["thresholds"]["jump_min_abs"] == 0.5
+    (run / "events.json").unlink()  # a run stored without an analysis: adding one replaces nothing
+    code, stdout, _ = run_cli(capsys, "analyze", run, "--jump-min-abs", "0.5")
+    assert code == 0 and f"written   events.json and trajectory.png in {run}" in stdout
+    assert (run / "events.json").is_file()
+
+
+def test_analyze_of_a_fact_set_run_is_guarded_too(tmp_path, capsys):
+    from phantomlens.facts import Fact
+    from phantomlens.settings import RunConfig
+    from phantomlens.train import finetune
+
+    model, tokenizer = make_tiny("gpt2")
+    facts = tmp_path / "facts.jsonl"
+    fact = Fact("The river flows into the", "sea and the", "ocean", "multi")
+    facts.write_text(json.dumps(fact.to_dict()) + "\n")
+    finetune(RunConfig(facts=str(facts), lr=1e-2, steps=3), model=model, tokenizer=tokenizer,
+             out=tmp_path / "run", progress=False)  # fmt: skip
+    run = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "analyze", run)
+    assert code == 0 and "unchanged" in stdout and "overview.png redrawn" in stdout
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, _, stderr = run_cli(capsys, "analyze", run, "--phantom-fraction", "0.5")
+    assert code == 2 and "would change the stored" in stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert run_cli(capsys, "analyze", run, "--phantom-fraction", "0.5", "--overwrite")[0] == 0
+    assert json.loads((run / "summary.json").read_text())["analysis_thresholds"]["phantom_fraction"] == 0.5

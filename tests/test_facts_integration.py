@@ -82,7 +82,7 @@ def test_run_analyze_and_predict_a_fact_file_by_command(tmp_path):
     assert run.returncode == 0, run.stderr
     summary = json.loads(run.stdout)
     assert summary["kind"] == "fact-set" and summary["n_facts"] == 5
-    analyzed = _cli("analyze", str(tmp_path / "run"), "--jump-min-abs", "0.2", cwd=tmp_path)
+    analyzed = _cli("analyze", str(tmp_path / "run"), "--jump-min-abs", "0.2", "--overwrite", cwd=tmp_path)
     assert analyzed.returncode == 0, analyzed.stderr
     assert "5 facts from" in analyzed.stdout
     predicted = _cli(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -53,10 +54,14 @@ def test_margin_velocity_matches_the_first_real_step(mode, optimizer):
 
 def test_prediction_formula_and_schedule_sum():
     model, tokenizer, ctx = setup()
-    p = predict_critical_lr(model=model, tokenizer=tokenizer, steps=50, **ctx)
+    first = {"variant": "first-order", "calibration": False}
+    p = predict_critical_lr(model=model, tokenizer=tokenizer, steps=50, **first, **ctx)
     assert p.schedule_sum == pytest.approx(26.0, abs=1e-9)  # warm-up 0.2..1.0 then cosine
     assert p.eta_c == pytest.approx(-p.margin_initial / (p.margin_velocity * p.schedule_sum))
-    half = predict_critical_lr(model=model, tokenizer=tokenizer, steps=50, kappa=2.0, **ctx)
+    assert p.kappa == 1.0 and p.kappa_source == "uncalibrated" and p.eta_c_low is None
+    half = predict_critical_lr(
+        model=model, tokenizer=tokenizer, steps=50, kappa=2.0, variant="first-order", **ctx
+    )
     assert half.eta_c == pytest.approx(p.eta_c / 2)
 
 
@@ -123,13 +128,14 @@ def test_calibration_file_feeds_prediction(tmp_path, capsys):
     calib = json.loads((tmp_path / "calib.json").read_text())
     assert calib["kappa"]["full/adamw/first-order"]["value"] == pytest.approx(4.0)
     model, tokenizer, ctx = setup()
-    plain = predict_critical_lr(model=model, tokenizer=tokenizer, **ctx)
-    fitted = predict_critical_lr(model=model, tokenizer=tokenizer, calibration=tmp_path / "calib.json", **ctx)
+    first = {"model": model, "tokenizer": tokenizer, "variant": "first-order", **ctx}
+    plain = predict_critical_lr(calibration=False, **first)
+    fitted = predict_critical_lr(calibration=tmp_path / "calib.json", **first)
     assert fitted.eta_c == pytest.approx(plain.eta_c / 4.0) and "calib.json" in fitted.kappa_source
+    # these test sweeps store neither schedule nor T, nor a settings file: no domain to check
+    assert "records no domain" in fitted.kappa_note
     with pytest.raises(PhantomLensError, match="no κ for lora/adamw/first-order"):
-        predict_critical_lr(
-            model=model, tokenizer=tokenizer, mode="lora", calibration=tmp_path / "calib.json", **ctx
-        )
+        predict_critical_lr(mode="lora", calibration=tmp_path / "calib.json", **first)
     assert main(["calibrate", str(tmp_path / "missing")]) == 2
 
 
@@ -187,7 +193,9 @@ def test_simulated_variant_reduces_to_first_order_over_one_step():
     model, tokenizer, ctx = setup()
     p = predict_critical_lr(model=model, tokenizer=tokenizer, steps=1, schedule="constant", **ctx)
     assert p.eta_c_simulated == pytest.approx(p.eta_c_first_order, rel=1e-5)
-    simulated = predict_critical_lr(model=model, tokenizer=tokenizer, variant="simulated", **ctx)
+    simulated = predict_critical_lr(
+        model=model, tokenizer=tokenizer, variant="simulated", calibration=False, **ctx
+    )
     assert simulated.passes == {"forward": 3, "backward": 4} and simulated.eta_c == simulated.eta_c_simulated
 
 
@@ -223,8 +231,250 @@ def test_two_point_variant_reduces_to_first_order_over_one_step_and_sees_lora_gr
     model, tokenizer, ctx = setup()
     one = predict_critical_lr(model=model, tokenizer=tokenizer, steps=1, schedule="constant", **ctx)
     assert one.eta_c_two_point == pytest.approx(one.eta_c_first_order, rel=1e-9)  # no P_t term
-    lora = predict_critical_lr(model=model, tokenizer=tokenizer, mode="lora", variant="two-point", **ctx)
+    lora = predict_critical_lr(
+        model=model, tokenizer=tokenizer, mode="lora", variant="two-point", calibration=False, **ctx
+    )
     # LoRA's A matrices have no gradient while B = 0, so the margin speeds up once B has moved.
     assert lora.margin_velocity_mid > lora.margin_velocity
     assert lora.eta_c == lora.eta_c_two_point < lora.eta_c_first_order
     assert lora.passes == {"forward": 3, "backward": 4}
+
+
+# --- predict for use: the default variant, the shipped calibration and its domain, the interval,
+# --- the recommended LR, --plot, explicit schedule factors ------------------------------------------
+
+
+def cli_predict(tiny_dir, capsys, *flags):
+    _, _, ctx = setup()
+    argv = ["predict", "--model", str(tiny_dir), "--context", TEXT, "--target", ctx["target"]]
+    code = main([*argv, "--competitor", ctx["competitor"], *map(str, flags)])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("variant", ["first-order", "simulated", "two-point"])
+def test_every_variant_is_selectable_by_the_cli(tiny_dir, capsys, variant):
+    code, out = cli_predict(tiny_dir, capsys, "--variant", variant, "--json")
+    assert code == 0, out.err
+    p = json.loads(out.out)
+    field = {
+        "first-order": "eta_c_first_order",
+        "simulated": "eta_c_simulated",
+        "two-point": "eta_c_two_point",
+    }
+    assert p["variant"] == variant and p["eta_c"] == pytest.approx(p[field[variant]] / p["kappa"])
+    assert p["kappa_source"].endswith(f"[full/adamw/{variant}]")  # T = 50, cosine: the shipped κ
+
+
+def test_the_default_variant_is_the_most_accurate_in_the_stored_blind_test():
+    from phantomlens.kappa import shipped_calibration
+    from phantomlens.predict import DEFAULT_VARIANT
+    from tools.ship_calibration import best_variants
+
+    shipped = shipped_calibration()
+    assert best_variants(shipped["blind"]) == shipped["best_variant"]
+    assert {b["variant"] for b in shipped["best_variant"].values()} == {DEFAULT_VARIANT}
+    assert {key.split("/")[0] for key in shipped["best_variant"]} == {"full", "lora"}  # checked per mode
+    model, tokenizer, ctx = setup()
+    assert predict_critical_lr(model=model, tokenizer=tokenizer, **ctx).variant == DEFAULT_VARIANT
+
+
+def test_the_shipped_calibration_is_what_the_stored_sweeps_give_and_names_no_machine_path():
+    from phantomlens.atomic import strict_json
+    from phantomlens.kappa import shipped_calibration
+    from tools.ship_calibration import build
+
+    shipped = shipped_calibration()
+    assert json.loads(strict_json(build())) == shipped  # else: python -m tools.ship_calibration
+    text = json.dumps(shipped)
+    assert "/work/" not in text and "/home/" not in text
+    assert all(
+        not s.startswith("/") and s.startswith("benchmarks/results/sweeps/") for s in shipped["sweeps"]
+    )
+    for key, entry in shipped["kappa"].items():
+        mode, optimizer, _ = key.split("/")
+        assert entry["domain"] == [
+            {"mode": mode, "optimizer": optimizer, "schedule": "cosine", "steps": 50, "warmup_fraction": 0.1}
+        ]
+
+
+def test_the_shipped_kappa_applies_inside_its_domain_only():
+    from phantomlens.kappa import shipped_calibration
+
+    model, tokenizer, ctx = setup()
+    kwargs = {"model": model, "tokenizer": tokenizer, "variant": "first-order", **ctx}
+    inside = predict_critical_lr(**kwargs)
+    entry = shipped_calibration()["kappa"]["full/adamw/first-order"]
+    assert (
+        inside.kappa == pytest.approx(entry["value"])
+        and "inside the calibration's domain" in inside.kappa_note
+    )
+    assert inside.eta_c == pytest.approx(inside.eta_c_first_order / entry["value"])
+    for change in ({"steps": 20}, {"schedule": "linear"}, {"warmup_fraction": 0.2}, {"optimizer": "sgd"}):
+        outside = predict_critical_lr(**kwargs, **change)
+        assert outside.kappa == 1.0 and outside.eta_c == outside.eta_c_first_order, change
+        assert outside.kappa_note.startswith(
+            "outside the calibration's domain (fitted on full/adamw, cosine, T = 50"
+        )
+        assert outside.kappa_note.endswith("κ = 1, uncalibrated") and outside.eta_c_low is None
+
+
+def test_the_cli_says_plainly_whether_the_run_is_inside_the_domain(tiny_dir, capsys):
+    code, inside = cli_predict(tiny_dir, capsys)
+    assert code == 0, inside.err
+    assert "two-point; κ = 0.9965" in inside.out and "inside the calibration's domain" in inside.out
+    code, outside = cli_predict(tiny_dir, capsys, "--steps", "20")
+    assert (
+        code == 0 and "outside the calibration's domain (fitted on full/adamw, cosine, T = 50" in outside.out
+    )
+    assert "κ = 1, uncalibrated" in outside.out and "interval" not in outside.out
+
+
+def test_a_user_calibration_carries_its_domain_and_an_old_one_is_accepted_with_a_note(tmp_path):
+    from phantomlens.kappa import shipped_calibration
+
+    model, tokenizer, ctx = setup()
+    kwargs = {"model": model, "tokenizer": tokenizer, "variant": "first-order", **ctx}
+    mine = {"kappa": {"full/adamw/first-order": {"value": 3.0, "log_std": 0.5, "domain": [
+        {"mode": "full", "optimizer": "adamw", "schedule": "linear", "steps": 20, "warmup_fraction": 0.0}
+    ]}}}  # fmt: skip
+    inside = predict_critical_lr(calibration=mine, steps=20, schedule="linear", warmup_fraction=0.0, **kwargs)
+    assert inside.kappa == 3.0 and inside.eta_c_high == pytest.approx(inside.eta_c * math.exp(0.5))
+    outside = predict_critical_lr(calibration=mine, **kwargs)
+    assert outside.kappa == 1.0 and "fitted on full/adamw, linear, T = 20, warm-up 0" in outside.kappa_note
+    old = shipped_calibration()
+    for entry in old["kappa"].values():
+        del entry["domain"], entry["interval_coverage"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    anywhere = predict_critical_lr(calibration=path, steps=20, **kwargs)  # not checked: applied
+    assert anywhere.kappa == pytest.approx(old["kappa"]["full/adamw/first-order"]["value"])
+    assert "records no domain" in anywhere.kappa_note and anywhere.eta_c_low is not None
+    with pytest.raises(PhantomLensError, match="domain of κ for full/adamw/first-order must name"):
+        predict_critical_lr(
+            calibration={"kappa": {"full/adamw/first-order": {"value": 1, "domain": [{}]}}}, **kwargs
+        )
+
+
+def test_the_interval_comes_from_kappas_spread():
+    from phantomlens.kappa import shipped_calibration
+
+    model, tokenizer, ctx = setup()
+    p = predict_critical_lr(model=model, tokenizer=tokenizer, mode="lora", **ctx)
+    sigma = shipped_calibration()["kappa"]["lora/adamw/two-point"]["log_std"]
+    assert p.kappa_log_std == pytest.approx(sigma)
+    assert p.eta_c_low == pytest.approx(p.eta_c * math.exp(-sigma))
+    assert p.eta_c_high == pytest.approx(p.eta_c * math.exp(sigma))
+    given = predict_critical_lr(model=model, tokenizer=tokenizer, mode="lora", kappa=1.3, **ctx)
+    assert given.eta_c_low is given.eta_c_high is given.kappa_log_std is None  # no spread known
+
+
+def final_margin(p, eta: float) -> float:
+    """The closed-form margin models of first-order and two-point, from the stored fields."""
+    quadratic = p.two_point_quadratic if p.variant == "two-point" else 0.0
+    x = p.kappa * eta
+    return p.margin_initial + x * p.margin_velocity * p.schedule_sum + x * x * quadratic
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("variant", ["first-order", "simulated", "two-point"])
+def test_the_recommended_lr_reaches_margin_safe_in_the_variants_model(mode, variant):
+    from phantomlens.settings import StopRule
+
+    model, tokenizer, ctx = setup()
+    p = predict_critical_lr(model=model, tokenizer=tokenizer, mode=mode, variant=variant, curve=True, **ctx)
+    assert p.margin_safe == StopRule().margin_safe > 0
+    assert p.eta_recommended >= p.eta_c > 0
+    # Where the central κ's margin curve reaches margin_safe; the recommendation is e^σ above it,
+    # so that κ at the low end of its spread still reaches margin_safe.
+    crossing = p.eta_recommended * math.exp(-(p.kappa_log_std or 0.0))
+    if variant != "simulated":
+        assert final_margin(p, crossing) == pytest.approx(p.margin_safe, abs=1e-6)
+        assert final_margin(p, p.eta_c) == pytest.approx(0.0, abs=1e-6)
+        assert final_margin(p, crossing * 0.99) < p.margin_safe
+    lrs, margins = np.array(p.margin_curve["lr"]), np.array(p.margin_curve["margin"])
+    assert (margins[lrs < crossing * 0.999] < p.margin_safe).all()
+    assert (margins[(lrs > crossing * 1.001) & (lrs < crossing * 3)] >= p.margin_safe).all()
+    safer = predict_critical_lr(
+        model=model, tokenizer=tokenizer, mode=mode, variant=variant, margin_safe=2.0, **ctx
+    )
+    assert safer.eta_recommended > p.eta_recommended
+
+
+def test_plot_draws_the_margin_against_lr_and_checks_the_path_first(tiny_dir, capsys, tmp_path):
+    out = tmp_path / "lr.png"
+    code, printed = cli_predict(tiny_dir, capsys, "--mode", "lora", "--plot", out)
+    assert code == 0, printed.err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"written   {out}" in printed.out
+    assert "use       lr " in printed.out and "margin_safe = 1" in printed.out
+    code, printed = cli_predict(tiny_dir, capsys, "--plot", tmp_path)  # a directory
+    assert code == 2 and printed.err.startswith("error:") and len(printed.err.strip().splitlines()) == 1
+
+
+def test_explicit_schedule_factors_for_a_trainers_own_scheduler():
+    from phantomlens.session import schedule_factors
+
+    model, tokenizer, ctx = setup()
+    kwargs = {"model": model, "tokenizer": tokenizer, "mode": "lora", **ctx}
+    ours = predict_critical_lr(**kwargs)
+    same = predict_critical_lr(factors=schedule_factors(50, "cosine", 0.1), **kwargs)
+    assert same.eta_c == pytest.approx(ours.eta_c) and same.kappa == ours.kappa  # inside the domain
+    assert same.schedule == "explicit" and same.steps == 50 and same.warmup_fraction is None
+    scaled = [3e-4 * f for f in [*range(1, 6), *range(20, 0, -1)]]  # LRs, not factors: peak taken as 1
+    p = predict_critical_lr(factors=scaled, **kwargs)
+    expected = [f / max(scaled) for f in scaled]
+    assert p.steps == 25 and p.schedule_sum == pytest.approx(sum(expected))
+    assert p.kappa == 1.0 and "an explicit schedule, T = 25" in p.kappa_note
+    assert p.eta_c_first_order == pytest.approx(-p.margin_initial / (p.margin_velocity * sum(expected)))
+    for bad in ([], [0.0, 0.0], [1.0, float("nan")], [1.0, -0.5], ["x"]):
+        with pytest.raises(PhantomLensError, match="factors must"):
+            predict_critical_lr(factors=bad, **kwargs)
+
+
+def test_a_fact_of_several_tokens_defaults_to_first_order_with_a_note():
+    model, tokenizer, _ = setup()
+    fact = {"context": "The river flows into the", "target": "sea and the", "competitor": "ocean"}
+    p = predict_critical_lr(model=model, tokenizer=tokenizer, **fact)
+    assert p.variant == "first-order" and "predicted first-order" in p.variant_note
+    assert p.kappa == 1.0 and "fitted on single-token contexts" in p.kappa_note
+    assert p.eta_recommended is None or p.eta_recommended >= (p.eta_c or 0.0)
+    with pytest.raises(PhantomLensError, match="use --variant first-order"):
+        predict_critical_lr(model=model, tokenizer=tokenizer, variant="two-point", **fact)
+
+
+def test_a_fact_file_is_still_predicted_first_order_by_default(tiny_dir, capsys, tmp_path):
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(
+        '{"prompt": "She felt a deep sense of", "target": "shame", "competitor": "guilt"}\n'
+        '{"prompt": "The river flows into the", "target": "sea and the", "competitor": "ocean"}\n'
+    )
+    assert main(["predict", "--model", str(tiny_dir), "--facts", str(facts), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_facts"] == 2 and out["kappa_source"] == "uncalibrated"
+    assert main(["predict", "--model", str(tiny_dir), "--facts", str(facts), "--variant", "two-point"]) == 2
+
+
+def test_an_older_prediction_file_still_reads_and_rewrites_as_it_was():
+    from phantomlens.results import Prediction
+
+    model, tokenizer, ctx = setup()
+    new = predict_critical_lr(model=model, tokenizer=tokenizer, curve=True, **ctx).to_dict()
+    assert Prediction.from_dict(new).to_dict() == new
+    added = ("warmup_fraction", "eta_c_low", "eta_c_high", "kappa_log_std", "kappa_note", "variant_note",
+             "margin_safe", "eta_recommended", "two_point_quadratic", "margin_curve")  # fmt: skip
+    old = {k: v for k, v in new.items() if k not in added}
+    assert Prediction.from_dict(old).to_dict() == old
+
+
+def test_when_two_point_has_no_root_the_default_falls_back_to_first_order(monkeypatch):
+    import phantomlens.predict
+
+    def no_root(*args, **kwargs):
+        return None, 1.0, -1.0
+
+    monkeypatch.setattr(phantomlens.predict, "two_point_critical_lr", no_root)
+    model, tokenizer, ctx = setup()
+    p = predict_critical_lr(model=model, tokenizer=tokenizer, **ctx)
+    assert p.variant == "first-order" and "falls back to first-order" in p.variant_note
+    assert p.kappa_source.endswith("[full/adamw/first-order]") and p.eta_c == p.eta_c_first_order / p.kappa
+    asked = predict_critical_lr(model=model, tokenizer=tokenizer, variant="two-point", **ctx)
+    assert asked.eta_c is None and asked.variant == "two-point" and "no root" in asked.variant_note

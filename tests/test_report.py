@@ -83,7 +83,7 @@ def test_report_renders_in_headless_chromium(two_runs, tmp_path):
 
 
 def test_analyze_and_report_commands(two_runs, tmp_path, capsys):
-    assert main(["analyze", str(two_runs[1]), "--jump-min-abs", "0.5"]) == 0
+    assert main(["analyze", str(two_runs[1]), "--jump-min-abs", "0.5", "--overwrite"]) == 0
     printed = capsys.readouterr().out
     assert "outcome" in printed and "thresholds" in printed
     events = json.loads((two_runs[1] / "events.json").read_text())

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -116,10 +118,19 @@ def cli(*argv, env=None, **kwargs):
     )
 
 
+#: A sweep's line on stderr for a finished run, and for a finished prediction.
+RUN_LINE = re.compile(r"run \d+ +\S+  lr \S+  \w+( \(silent\))?  \(\d+/\d+ contexts done, \d+:\d\d elapsed\)")
+PREDICTED_LINE = re.compile(r"predicted \S+: (η̂_c\(κ=1\) = \S+|no η̂_c); its search starts at lr \S+")
+
+
 def finished(out, tiny_dir) -> pd.DataFrame:
+    before = len(record_files(out)) if out.exists() else 0
     proc = cli("sweep", "--model", tiny_dir, *SWEEP_ARGS, "--out", out)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err.decode()[-2000:]
+    lines = err.decode().splitlines()  # one line per finished run or prediction, as they finish
+    assert all(RUN_LINE.fullmatch(line) or PREDICTED_LINE.fullmatch(line) for line in lines), lines
+    assert sum(bool(RUN_LINE.fullmatch(line)) for line in lines) == len(record_files(out)) - before
     return pd.read_parquet(out / "critical_lr.parquet")
 
 
@@ -220,6 +231,42 @@ def test_ray_backend_gives_the_same_answer(reference, tmp_path):
     ray.shutdown()
     cols = ["eta_c", "bracket_low", "bracket_high", "eta_max"]
     pd.testing.assert_frame_equal(result[cols].iloc[:1], table[cols].iloc[:1], check_dtype=False)
+
+
+STORED_RECORD = (
+    Path(__file__).resolve().parents[1]
+    / "benchmarks/results/sweeps/smollm2-135m-lora/runs/smollm2-135m/lora/automobile/lr=0.0001172908818.json"
+)
+
+
+def test_a_sweep_says_each_finished_run_on_stderr_as_it_is_stored(tmp_path, capsys):
+    from phantomlens.sweep import Progress, Sweep
+
+    record = json.loads(STORED_RECORD.read_text())  # a silent kinematic LoRA run of "automobile"
+    sweep = Sweep(SweepConfig.from_dict({"contexts": ["automobile", "shame"], "mode": "lora"}), tmp_path)
+    bar = Progress("sweep", None, None)
+    sweep._store("run", "automobile", record["lr"], record, bar)
+    bar.close()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert RUN_LINE.fullmatch(line), line
+    assert line.startswith("run 1     automobile  lr 0.000117  kinematic (silent)  (0/2 contexts done, ")
+    assert sweep.records("automobile")  # stored, then said
+
+
+def test_a_grid_counts_its_runs_and_progress_false_is_silent(capsys):
+    from phantomlens.sweep import Progress
+
+    bar = Progress("grid", None, 4)
+    bar.finished("shame  lr 0.01  success")
+    quiet = Progress("grid", False, 4)
+    quiet.finished("shame  lr 0.1  success")
+    quiet.say("predicted shame")
+    for progress in (bar, quiet):
+        progress.close()
+    (line,) = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(r"run 1/4   shame  lr 0\.01  success  \(\d+:\d\d elapsed\)", line), line
 
 
 def test_bad_sweep_input_is_one_error_line(tmp_path, capsys):
@@ -329,8 +376,9 @@ def test_a_terminated_sweep_stops_at_once_and_resumes(reference, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` does
     _, err = proc.communicate(timeout=60)
-    lines = err.decode().strip().splitlines()
-    assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], err.decode()
+    *said, last = err.decode().strip().splitlines()  # the finished runs' lines, then one error
+    assert proc.returncode == 130 and last.startswith("error:") and "interrupted" in last, err.decode()
+    assert all(RUN_LINE.fullmatch(line) or PREDICTED_LINE.fullmatch(line) for line in said), said
     resumed = finished(out, tiny)
     pd.testing.assert_frame_equal(
         resumed.drop(columns=["steps_run"]), table.drop(columns=["steps_run"]), check_dtype=False

@@ -207,7 +207,7 @@ def reanalyze_all() -> None:
     from phantomlens.rundir import reanalyze
 
     for directory in find_run_dirs(RUNS):
-        reanalyze(directory)
+        reanalyze(directory, overwrite=True)
 
 
 # --- what the prose says about the data, measured --------------------------------------------------

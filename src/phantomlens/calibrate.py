@@ -8,6 +8,10 @@ and the standard deviation of log κ) says whether κ is the universal quantity 
 The blind test calibrates on every model but one and predicts the held-out model's contexts.
 Sweeps over a fact file (``phantomlens sweep --facts``) have the same table, a row per fact; with
 ``facts``, only the rows of that file's facts are calibrated on.
+
+Each κ also records its domain: the (mode, optimiser, schedule, T, warm-up fraction) of the sweeps
+it was fitted on (the warm-up from the sweep's settings file; None where the sweep did not record
+it), so that a prediction applies κ only to runs like those (``phantomlens.kappa``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def load_sweeps(sweep_dirs: list[str | Path], facts: str | Path | None = None) -
         path = directory / "critical_lr.parquet"
         if not path.is_file():
             raise PhantomLensError(f"{directory} has no critical_lr.parquet; run phantomlens sweep first")
-        frames.append(_read_table(path))
+        frames.append(_with_settings(_read_table(path), directory))
     table = pd.concat(frames, ignore_index=True)
     if names is not None:
         table = table[table["context"].isin(names)]
@@ -67,6 +71,38 @@ def fact_names(facts: str | Path) -> set[str]:
     from phantomlens.facts import load_facts
 
     return {fact.label for fact in load_facts(facts)}
+
+
+def _with_settings(table: pd.DataFrame, directory: Path) -> pd.DataFrame:
+    """The table with the run settings of the κ domain as columns: the table's own where it has them
+    (schedule, steps), else the sweep's settings file; the warm-up fraction always from that file."""
+    settings = _sweep_settings(directory)
+    table = table.copy()
+    for column in ("schedule", "steps", "warmup_fraction"):
+        if column not in table:
+            table[column] = None if settings is None else getattr(settings, column)
+    return table
+
+
+def _sweep_settings(directory: Path):
+    """The run settings a sweep directory records (sweep.json, else summary.json), or None.
+
+    Only the domain's warm-up fraction and older tables' schedule and T are read from them, so a
+    missing or damaged file costs the domain that detail, not the calibration.
+    """
+    from phantomlens.atomic import read_json
+    from phantomlens.settings import SweepConfig
+
+    for name, part in (("sweep.json", None), ("summary.json", "config")):
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            data = read_json(path, "sweep settings")
+            return SweepConfig.from_dict(data[part] if part else data).run
+        except (PhantomLensError, KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 #: Columns a sweep's critical-LR table must have, with the kind of value each holds.
@@ -146,17 +182,46 @@ def spread(values: np.ndarray) -> dict:
 
 
 def fit_kappa(table: pd.DataFrame) -> dict:
-    """κ per (mode, optimiser): the geometric mean of κ_i, with its spread overall and per model."""
+    """κ per (mode, optimiser, variant): the geometric mean of κ_i, with its spread overall and per
+    model, the share of contexts inside the ±1 std-of-log-κ interval, and the domain fitted on."""
+    import numpy as np
+
     result = {}
     for key, group in table.groupby("key"):
         stats = spread(group["kappa_i"].to_numpy())
+        logs = np.log(group["kappa_i"].to_numpy(dtype=float))
+        inside = np.abs(logs - logs.mean()) <= stats["log_std"] if len(logs) > 1 else np.ones(1, bool)
         result[key] = {
             "value": stats["geometric_mean"],
             **stats,
+            # η_c = η̂₁/κ_i, so this is the share of contexts whose η_c fell in η̂_c·exp(±log_std)
+            "interval_coverage": float(inside.mean()),
             "per_model": {m: spread(g["kappa_i"].to_numpy()) for m, g in group.groupby("model")},
             "models": sorted(group["model"].unique()),
+            **({"domain": domain} if (domain := fitted_domain(group)) is not None else {}),
         }
     return result
+
+
+def fitted_domain(group: pd.DataFrame) -> list[dict] | None:
+    """The distinct (mode, optimiser, schedule, T, warm-up) the rows were measured at; None when a
+    row lacks its schedule or T (a table written before they were stored, without a settings file)."""
+    import pandas as pd
+
+    if group["schedule"].isna().any() or group["steps"].isna().any():
+        return None
+    points = []
+    for row in group[["mode", "optimizer", "schedule", "steps", "warmup_fraction"]].itertuples(index=False):
+        point = {
+            "mode": str(row.mode),
+            "optimizer": str(row.optimizer),
+            "schedule": str(row.schedule),
+            "steps": int(row.steps),
+            "warmup_fraction": None if pd.isna(row.warmup_fraction) else float(row.warmup_fraction),
+        }
+        if point not in points:
+            points.append(point)
+    return points
 
 
 def blind_test(table: pd.DataFrame) -> pd.DataFrame:
@@ -193,8 +258,14 @@ def blind_test(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def calibrate(sweep_dirs: list[str | Path], facts: str | Path | None = None) -> dict:
-    """κ fitted on the sweeps' rows (with ``facts``: the rows of that fact file's facts only)."""
+def calibrate(
+    sweep_dirs: list[str | Path], facts: str | Path | None = None, relative_to: str | Path | None = None
+) -> dict:
+    """κ fitted on the sweeps' rows (with ``facts``: the rows of that fact file's facts only).
+
+    With ``relative_to`` (a repository root), the file names the sweeps and the fact file relative
+    to it, so that it records no path of the machine that made it.
+    """
     table = load_sweeps(sweep_dirs, facts)
     kappa = fit_kappa(table)
     blind = blind_test(table)
@@ -219,6 +290,19 @@ def calibrate(sweep_dirs: list[str | Path], facts: str | Path | None = None) -> 
         "contexts": table[["model", "context", "key", "eta_c", "eta_c_predicted_kappa1", "kappa_i"]].to_dict(
             orient="records"
         ),
-        "sweeps": [str(d) for d in sweep_dirs],
-        **({"facts": str(facts)} if facts is not None else {}),  # absent: calibrated as before
+        "sweeps": [_name(d, relative_to) for d in sweep_dirs],
+        **({"facts": _name(facts, relative_to)} if facts is not None else {}),  # absent: calibrated as before
     }
+
+
+def _name(path: str | Path, relative_to: str | Path | None) -> str:
+    """``path`` as the calibration file records it: relative to ``relative_to`` when given, in
+    forward slashes whatever the operating system."""
+    if relative_to is None:
+        return str(path)
+    try:
+        return Path(path).resolve().relative_to(Path(relative_to).resolve()).as_posix()
+    except ValueError:
+        raise PhantomLensError(
+            f"{path} is not inside {relative_to}; it cannot be named relative to it"
+        ) from None

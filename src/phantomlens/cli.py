@@ -35,11 +35,19 @@ class _Parser(argparse.ArgumentParser):
         raise PhantomLensError(f"{message} (see {self.prog} --help)")
 
 
+#: The package's own source folder: a warning raised from a file in it is ours.
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """phantomlens's own warnings as one ``warning:`` line; dependencies' warnings are not shown
-    (their deprecation notices say nothing to a user of this command)."""
+    (their deprecation notices say nothing to a user of this command).
+
+    Ours means the text says so or the file is in this package's folder; a folder merely named
+    phantomlens is not enough, since a checkout of that name holds the dependencies' virtualenv too.
+    """
     text = str(message)
-    if not text.startswith("phantomlens:") and f"{os.sep}phantomlens{os.sep}" not in str(filename):
+    if not text.startswith("phantomlens:") and not os.path.abspath(str(filename)).startswith(_PACKAGE_DIR):
         return
     print(f"warning: {text.removeprefix('phantomlens: ')}", file=sys.stderr)
 
@@ -88,6 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from phantomlens.clifacts import format_fact_set
 
         print(format_fact_set(result.summary))
+        if result.summary.stopped_early:
+            print(_stopped(result.summary))
         return 0
     print(format_run_summary(result.summary))
     if result.events.jumps:
@@ -97,38 +107,49 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from phantomlens.clifacts import format_fact_set, reanalyze_fact_set
     from phantomlens.config import from_namespace
-    from phantomlens.factresults import is_fact_set
-    from phantomlens.factrun import FactSetResult
-    from phantomlens.results import EVENTS_FILE, PLOT_FILE, SUMMARY_FILE, load_run_dir
-    from phantomlens.rundir import reanalyze
+    from phantomlens.rundir import reanalysis
     from phantomlens.settings import AnalysisConfig
 
     config = from_namespace(AnalysisConfig, args)
-    for run_dir in args.run_dirs:  # every directory is read and validated before any is rewritten
-        FactSetResult.load(run_dir) if is_fact_set(run_dir) else load_run_dir(run_dir)
-    analysed = []
-    for run_dir in args.run_dirs:
-        if is_fact_set(run_dir):
-            result = reanalyze_fact_set(run_dir, config)
-            analysed.append(result.events.to_dict())
-            if not args.json:
-                print(format_fact_set(result.summary) + "\n")
-            continue
-        result = reanalyze(run_dir, config)
-        analysed.append(result.events.to_dict())
-        if args.json:
-            continue
-        ctx, run = result.summary.context, result.config
-        print(
-            f"{run_dir}: {ctx.text!r} → {ctx.target!r} vs {ctx.competitor!r} ({run.mode}, η={run.peak_lr:g})"
-        )
-        print(format_events(result.events))
-        print(f"written   {EVENTS_FILE}, {SUMMARY_FILE} and {PLOT_FILE} in {run_dir}\n")
+    # Every directory is read, validated and analysed, and a change to its stored results refused
+    # (unless --overwrite), before any directory is written.
+    pending = [reanalysis(run_dir, config) for run_dir in args.run_dirs]
+    for analysis in pending:
+        analysis.check(overwrite=args.overwrite)
+    for analysis in pending:
+        analysis.write(overwrite=args.overwrite)
+        if not args.json:
+            print(_format_analysis(analysis) + "\n")
     if args.json:  # one run: its events object; several: a list of them, in the order given
+        analysed = [a.result.events.to_dict() for a in pending]
         print(strict_json(analysed[0] if len(analysed) == 1 else analysed), end="")
     return 0
+
+
+def _format_analysis(analysis) -> str:
+    """``analyze``'s words for one directory: the analysis, then what was written and why."""
+    result, run_dir = analysis.result, analysis.run_dir
+    if hasattr(result.summary, "context"):
+        ctx, run = result.summary.context, result.config
+        what = f"{ctx.text!r} → {ctx.target!r} vs {ctx.competitor!r} ({run.mode}, η={run.peak_lr:g})"
+        text = f"{run_dir}: {what}\n{format_events(result.events)}"
+    else:
+        from phantomlens.clifacts import format_fact_set
+
+        text = format_fact_set(result.summary)
+    written = [name for name in analysis.files if name in (*analysis.added, *analysis.changed)]
+    if analysis.changed:
+        return text + (
+            f"\nwritten   {', '.join(written)} and {analysis.figure} in {run_dir} "
+            f"(the stored analysis replaced: {', '.join(analysis.fields)})"
+        )
+    if written:
+        return text + f"\nwritten   {', '.join(written)} and {analysis.figure} in {run_dir}"
+    return text + (
+        f"\nunchanged the stored {' and '.join(analysis.files)} already hold this analysis; "
+        f"{analysis.figure} redrawn in {run_dir}"
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -138,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     config = from_namespace(SweepConfig, args)
     sweep = Sweep(config, args.out)  # a bad fact file or setting fails here, before any model loads
-    table = sweep.run(progress=None if not args.json else False)
+    table = sweep.run(progress=None)  # a line per finished run on stderr, even with --json
     if args.json:
         from phantomlens.results import load_sweep_summary
 
@@ -175,6 +196,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from phantomlens.atomic import check_output_file, write_bytes_atomic
     from phantomlens.config import from_namespace
     from phantomlens.predict import predict_critical_lr
     from phantomlens.settings import RunConfig
@@ -183,35 +205,74 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if config.facts is not None:
         from phantomlens.clifacts import predict_fact_file
 
+        if args.plot is not None:
+            raise PhantomLensError("--plot draws one context's prediction; leave it out with --facts")
+        args.variant = args.variant or "first-order"  # a fact file is predicted first-order
         return predict_fact_file(config, args)
     if args.csv is not None or args.quantile != 1.0:
         raise PhantomLensError("--csv and --quantile go with --facts FILE")
+    if args.plot is not None:
+        check_output_file(Path(args.plot))  # before the model is loaded, not after
     prediction = predict_critical_lr(
-        config, kappa=args.kappa, calibration=args.calibration, variant=args.variant
+        config,
+        kappa=args.kappa,
+        calibration=args.calibration,
+        variant=args.variant,
+        curve=args.plot is not None,
     )
+    if args.plot is not None:
+        from phantomlens.plot import figure_png, prediction_figure
+
+        write_bytes_atomic(Path(args.plot), figure_png(prediction_figure(prediction)))
     if args.json:
         print(prediction.to_json())
         return 0
-    p = prediction
+    print("\n".join(_prediction_lines(prediction)))
+    if args.plot is not None:
+        print(f"written   {args.plot}")
+    return 0
+
+
+def _prediction_lines(p) -> list[str]:
+    """``predict`` in words: the headline η̂_c with its interval, the LR to use, what they rest on."""
+
+    def g(value: float | None) -> str:
+        return "none" if value is None else f"{value:.4g}"
+
     ctx = p.context
-    print(f"context   {ctx['text']!r} → {ctx['target']!r} vs {ctx['competitor']!r}")
-    print(f"run       {p.model}, {p.mode}, {p.optimizer}, {p.schedule}, T={p.steps}")
-    print(
-        f"margin    m0 = {p.margin_initial:+.4f}; moves by A = {p.margin_velocity:.6g} per step per unit LR"
-    )
-    if p.eta_c is None:
-        print("eta_c     none: at step 0 the update moves the margin away from the flip (A ≤ 0)")
+    shown = p.warmup_fraction is not None and p.schedule != "constant"
+    warmup = f", warm-up {p.warmup_fraction:g}" if shown else ""
+    lines = [
+        f"context   {ctx['text']!r} → {ctx['target']!r} vs {ctx['competitor']!r}",
+        f"run       {p.model}, {p.mode}, {p.optimizer}, {p.schedule}{warmup}, T={p.steps}",
+        f"margin    m0 = {p.margin_initial:+.4f}; moves by A = {p.margin_velocity:.6g} per step per unit LR",
+    ]
+    if p.eta_c is None and p.variant_note is None:
+        lines.append("eta_c     none: at step 0 the update moves the margin away from the flip (A ≤ 0)")
     else:
-        print(f"eta_c     {p.eta_c:.4g}  ({p.variant}; κ = {p.kappa:.4g}, {p.kappa_source})")
-        two = "none" if p.eta_c_two_point is None else f"{p.eta_c_two_point:.4g}"
-        print(
-            f"          κ = 1: first-order {p.eta_c_first_order:.4g}, simulated {p.eta_c_simulated:.4g}, "
-            f"two-point {two}"
+        lines.append(f"eta_c     {g(p.eta_c)}  ({p.variant}; κ = {p.kappa:.4g}, {p.kappa_source})")
+        if p.eta_c_low is not None:
+            lines.append(
+                f"          interval {p.eta_c_low:.4g} – {p.eta_c_high:.4g}: "
+                f"η̂_c·exp(±{p.kappa_log_std:.3g}), κ's spread (std of log κ) over the calibration's contexts"
+            )
+        lines.append(
+            f"          κ = 1: first-order {g(p.eta_c_first_order)}, simulated {g(p.eta_c_simulated)}, "
+            f"two-point {g(p.eta_c_two_point)}"
         )
-    print(
+    lines += [f"note      {note}" for note in (p.variant_note, p.kappa_note) if note]
+    if p.eta_recommended is not None:
+        lines.append(
+            f"use       lr {p.eta_recommended:.4g}: the smallest whose predicted final margin reaches "
+            f"margin_safe = {p.margin_safe:g}, even with κ at the low end of its spread "
+            "(at η_c itself the run ends at margin 0, a knife edge)"
+        )
+    elif p.margin_safe is not None:
+        lines.append(f"use       none: in the {p.variant} model the margin stays below {p.margin_safe:g}")
+    lines.append(
         f"cost      {p.passes['forward']} forward + {p.passes['backward']} backward passes; model unchanged"
     )
-    return 0
+    return lines
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -285,6 +346,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from phantomlens.glossary import explain
+
+    print(explain(args.terms))
+    return 0
+
+
 def format_events(events: RunEvents) -> str:
     detail = events.outcome_detail
     lines = [
@@ -318,6 +386,15 @@ def format_events(events: RunEvents) -> str:
         f"structural drag fall > {t['drag_worsening']}; silent loss drop ≥ {t['silent_loss_drop']:.0%}"
     )
     return "\n".join(lines)
+
+
+def _stopped(s) -> str:
+    """A run stopped early: after how many of its steps, and the rule's reason."""
+    planned = s.run_config().steps
+    return (
+        f"stopped   EARLY after {s.steps_completed} of {planned} steps "
+        f"({planned - s.steps_completed} not run): {s.stop_reason}"
+    )
 
 
 def _count(n: int, noun: str) -> str:
@@ -362,7 +439,7 @@ def format_run_summary(s: RunSummary) -> str:
         lines.append(f"status    {s.status} ({s.steps_completed} steps, {s.wall_time_s} s)")
     lines.append(f"outcome   {s.outcome}" + ("  (silent: loss fell, no flip)" if s.silent else ""))
     if s.stopped_early:
-        lines.append(f"stopped   early: {s.stop_reason}")
+        lines.append(_stopped(s))
     if s.flipped:
         held = "and holds at the end" if s.flipped_at_end else "but does NOT hold at the end"
         lines.append(f"flip      target overtook competitor at step {s.flip_step}, {held}")
@@ -482,7 +559,19 @@ def build_parser() -> argparse.ArgumentParser:
     for register in (_add_run, _add_analyze, _add_report, _add_sweep, _add_predict):
         register(sub)
     _add_model_commands(sub)
+    _add_explain(sub)
     return parser
+
+
+def _add_explain(sub) -> None:
+    explain = sub.add_parser(
+        "explain",
+        help="what a term of the output means (margin, kinematic, drag, Φ, κ, ...)",
+        description="One line of plain words for each term the commands print; every term when none "
+        "is named. Symbols may be spelt out (phi, kappa, eta_c).",
+    )
+    explain.add_argument("terms", nargs="*", metavar="TERM", help="terms to explain (default: all)")
+    explain.set_defaults(func=cmd_explain)
 
 
 def _add_run(sub) -> None:
@@ -515,6 +604,12 @@ def _add_analyze(sub) -> None:
     )
     analyze.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     add_arguments(analyze, AnalysisConfig)
+    analyze.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a stored analysis that this one changes (without it, such a directory is refused "
+        "and nothing is written)",
+    )
     analyze.add_argument("--json", action="store_true", help="print events.json to stdout")
     analyze.set_defaults(func=cmd_analyze)
 
@@ -559,23 +654,41 @@ def _add_sweep(sub) -> None:
 def _add_predict(sub) -> None:
     from phantomlens.config import add_arguments
     from phantomlens.results import VARIANTS
-    from phantomlens.settings import PREDICT_IGNORES, RunConfig
+    from phantomlens.settings import PREDICT_IGNORES, RunConfig, StopRule
 
     predict = sub.add_parser(
         "predict",
-        help="predict η_c from one forward and two backward passes",
-        description="Predict the critical learning rate of a run without training it.",
+        help="predict η_c and the LR to use, without training (a few forward and backward passes)",
+        description="Predict the critical learning rate of a run without training it, with an interval "
+        "and the smallest LR whose predicted final margin reaches --margin-safe.",
     )
     add_arguments(predict, RunConfig, exclude=PREDICT_IGNORES)
-    predict.add_argument("--calibration", help="κ from a calibration file (phantomlens calibrate)")
-    predict.add_argument("--kappa", type=float, help="κ given directly (default: 1, or the calibration's)")
+    predict.add_argument(
+        "--calibration",
+        help="κ from your calibration file (phantomlens calibrate) instead of the shipped one; "
+        "either applies only to runs inside the domain it was fitted on",
+    )
+    predict.add_argument(
+        "--kappa", type=float, help="κ given directly (default: the calibration's; --kappa 1: uncalibrated)"
+    )
     predict.add_argument(
         "--variant",
         choices=VARIANTS,
-        default="first-order",
+        default=None,
         help="which prediction is the headline (all three are computed and printed): first-order, "
         "the formula of docs/critical-lr.md; simulated, the margin followed through Adam's shrinking "
-        "step; two-point, the margin velocity re-measured half-way (default: first-order)",
+        "step; two-point, the margin velocity re-measured half-way (default: two-point, the most "
+        "accurate in the stored blind test; first-order for a fact of several tokens)",
+    )
+    predict.add_argument(
+        "--margin-safe",
+        type=float,
+        default=StopRule().margin_safe,
+        help="the final margin (logits) the recommended LR must reach "
+        f"(default: {StopRule().margin_safe:g}, the stop rule's)",
+    )
+    predict.add_argument(
+        "--plot", metavar="FILE.png", help="draw the predicted final margin against LR to FILE.png"
     )
     predict.add_argument(
         "--quantile",
@@ -667,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
         from phantomlens.models import quiet_libraries
 
         quiet_libraries()
-        return int(args.func(args) or 0)
+        return _run_with_hint(args)
     except KeyboardInterrupt:
         print(
             "error: interrupted; no incomplete result was left behind (rerun to resume a sweep)",
@@ -687,6 +800,38 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _run_with_hint(args: argparse.Namespace) -> int:
+    """Run the command; output for people ends with a line naming the glossary terms it printed."""
+    if getattr(args, "json", False) or args.command == "explain":
+        return int(args.func(args) or 0)
+    printed = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(printed):
+        code = int(args.func(args) or 0)
+    from phantomlens.glossary import hint
+
+    line = hint(printed.text())
+    if code == 0 and line:
+        print(line)
+    return code
+
+
+class _Tee:
+    """A stdout that also keeps what was written (the hint is made from it)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.parts = stream, []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return self.stream.write(text)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def __getattr__(self, name: str):  # flush, fileno, isatty, encoding: the real stream's
+        return getattr(self.stream, name)
 
 
 def _interrupt(signum, frame) -> None:

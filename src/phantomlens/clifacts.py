@@ -73,21 +73,15 @@ def format_fact_set(summary: FactSetSummary) -> str:
     return "\n".join(lines)
 
 
-def reanalyze_fact_set(run_dir: str | Path, config: AnalysisConfig | None = None) -> FactSetResult:
+def reanalyze_fact_set(
+    run_dir: str | Path, config: AnalysisConfig | None = None, *, overwrite: bool = False
+) -> FactSetResult:
     """Redo every fact's transitions analysis; rewrite events.json, summary.json and the overview
-    (everything is read and computed before anything is written)."""
-    from phantomlens.atomic import write_bytes_atomic
-    from phantomlens.factrun import OVERVIEW_FILE, FactSetResult
-    from phantomlens.plot import figure_png
-    from phantomlens.results import EVENTS_FILE, SUMMARY_FILE
+    (everything is read and computed before anything is written; a changed stored analysis is
+    refused unless ``overwrite``: ``phantomlens.rundir.reanalyze``)."""
+    from phantomlens.rundir import reanalyze
 
-    run_dir = Path(run_dir)
-    result = FactSetResult.load(run_dir).analyze(config)
-    png = figure_png(result.plot())
-    result.events.write(run_dir / EVENTS_FILE)
-    write_bytes_atomic(run_dir / OVERVIEW_FILE, png)
-    result.summary.write(run_dir / SUMMARY_FILE)
-    return result
+    return reanalyze(run_dir, config, overwrite=overwrite)  # type: ignore[return-value]
 
 
 def _eta(value: float | None) -> str:

@@ -137,7 +137,10 @@ def _private_copy(model, config: RunConfig):
     for parameter in probe.parameters():
         parameter.grad = None
     torch.manual_seed(config.seed)
-    probe = prepare_model(probe, config)
+    from phantomlens.models import dependency_noise_off
+
+    with dependency_noise_off():  # PEFT's deprecation notices are not the user's business
+        probe = prepare_model(probe, config)
     probe.eval()
     return probe, [p for p in probe.parameters() if p.requires_grad]
 

@@ -1,53 +1,203 @@
-"""κ, the dimensionless factor of the η_c prediction: given, read from a calibration file, or 1.
+"""κ, the dimensionless factor of the η_c prediction: given, read from a calibration, or 1.
 
 See docs/critical-lr.md. Shared by the single-context and the fact-set predictions.
+
+A κ fitted on sweeps is only known to hold for the runs those sweeps made: κ fitted at T = 50 with
+a cosine schedule made the answer 2.2× too low at T = 20. So every κ entry of a calibration file
+records its *domain*, the (mode, optimiser, schedule, T, warm-up fraction) of the sweeps it was
+fitted on, and a κ is applied only to a run inside it; outside, κ = 1 and the prediction says so.
+A file written before domains were recorded is accepted, with a note that it could not be checked.
+The package ships one calibration (``phantomlens/data/calibration.json``, made by
+``python -m tools.ship_calibration`` from the stored benchmark sweeps), used by default.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from phantomlens.atomic import read_json
 from phantomlens.errors import PhantomLensError
 
-__all__ = ["resolve_kappa"]
+__all__ = ["DOMAIN_KEYS", "KappaChoice", "choose_kappa", "resolve_kappa", "shipped_calibration"]
+
+#: What a calibration's domain pins down: a κ holds for runs that agree on all of these.
+DOMAIN_KEYS = ("mode", "optimizer", "schedule", "steps", "warmup_fraction")
+SHIPPED_WHERE = "the shipped calibration (phantomlens/data/calibration.json)"
 
 
-def resolve_kappa(
-    kappa: float | None, calibration, config, variant: str = "first-order"
-) -> tuple[float, str]:
-    """κ given directly, from a calibration file (per mode and optimiser), or 1 (uncalibrated)."""
+@dataclass(frozen=True)
+class KappaChoice:
+    """The κ a prediction divides by, where it came from, and what the user should be told."""
+
+    value: float
+    source: str  # "given", "uncalibrated", or "<file> [<key>]"
+    log_std: float | None = None  # std of log κ_i over the calibration contexts: the interval's width
+    note: str | None = None  # the domain verdict (inside, outside, not recorded), in words
+
+
+def shipped_calibration() -> dict:
+    """The calibration that ships with the package (κ per mode/optimiser/variant, with domains)."""
+    import json
+
+    return json.loads(files("phantomlens").joinpath("data/calibration.json").read_text())
+
+
+def run_point(config, factors: list[float] | None = None) -> dict:
+    """The run's coordinates in a calibration's domain (``factors``: an explicit schedule)."""
+    point = {key: getattr(config, key) for key in DOMAIN_KEYS}
+    if factors is not None:
+        point.update(schedule="explicit", steps=len(factors), factors=list(factors))
+    return point
+
+
+def choose_kappa(
+    kappa: float | None,
+    calibration,
+    config,
+    variant: str,
+    *,
+    shipped: bool = False,
+    factors: list[float] | None = None,
+) -> KappaChoice:
+    """κ given directly, from ``calibration`` (a file or its contents) when the run lies inside the
+    domain it was fitted on, else 1; with ``shipped`` and no ``calibration``, the shipped one."""
     if kappa is not None:
-        if not (math.isfinite(kappa) and kappa > 0):
+        if isinstance(kappa, bool) or not (
+            isinstance(kappa, int | float) and math.isfinite(kappa) and kappa > 0
+        ):
             raise PhantomLensError(f"kappa must be a positive number, got {kappa}")
-        return float(kappa), "given"
+        return KappaChoice(float(kappa), "given")
+    if calibration is None and not shipped:
+        return KappaChoice(1.0, "uncalibrated")
     if calibration is None:
-        return 1.0, "uncalibrated"
-    if isinstance(calibration, dict):
+        data, where = shipped_calibration(), SHIPPED_WHERE
+    elif isinstance(calibration, dict):
         data, where = calibration, "calibration dict"
     else:
         path = Path(calibration)
         data = read_json(path, "calibration file", "make one with phantomlens calibrate")
         where = str(path)
-    return _kappa_entry(data, where, f"{config.mode}/{config.optimizer}/{variant}")
+    table = _checked_table(data, where)
+    key = f"{config.mode}/{config.optimizer}/{variant}"
+    point = run_point(config, factors)
+    if key not in table:
+        if calibration is None:  # the shipped file simply does not cover this mode/optimiser/variant
+            return _outside(_domain_words(e.get("domain") for e in table.values()), point)
+        raise PhantomLensError(
+            f"{where} has no κ for {key}; it has {', '.join(map(str, table)) or 'none'}"
+            + ("" if variant == "first-order" else " (choose one with --variant)")
+        )
+    return _entry_choice(table[key], where, key, point)
 
 
-def _kappa_entry(data, where: str, key: str) -> tuple[float, str]:
-    """κ for ``key`` from a calibration file's contents, checked against the file's schema."""
+def resolve_kappa(
+    kappa: float | None, calibration, config, variant: str = "first-order"
+) -> tuple[float, str]:
+    """(κ, its source) for callers that print one line: a domain note is folded into the source."""
+    choice = choose_kappa(kappa, calibration, config, variant)
+    if choice.note and choice.source == "uncalibrated":
+        return choice.value, choice.note
+    return choice.value, choice.source + (f"; {choice.note}" if choice.note else "")
+
+
+def _entry_choice(entry: dict, where: str, key: str, point: dict) -> KappaChoice:
+    domain = entry.get("domain")
+    log_std = entry.get("log_std")
+    log_std = float(log_std) if _is_number(log_std) and math.isfinite(log_std) and log_std >= 0 else None
+    source = f"{where} [{key}]"
+    if domain is None:
+        note = (
+            f"{where} records no domain (written before domains were): κ applied without checking "
+            "that it was fitted on this run's mode, optimiser, schedule and T"
+        )
+        return KappaChoice(float(entry["value"]), source, log_std, note)
+    if not any(_inside(point, fitted) for fitted in domain):
+        return _outside(_domain_words([domain]), point)
+    note = f"inside the calibration's domain (fitted on {_domain_words([domain])})"
+    return KappaChoice(float(entry["value"]), source, log_std, note)
+
+
+def _outside(fitted_on: str, point: dict) -> KappaChoice:
+    note = (
+        f"outside the calibration's domain (fitted on {fitted_on}; this run: {_point_words(point)}): "
+        "κ = 1, uncalibrated"
+    )
+    return KappaChoice(1.0, "uncalibrated", None, note)
+
+
+def _inside(point: dict, fitted: dict) -> bool:
+    """Whether a run agrees with one fitted (mode, optimiser, schedule, T, warm-up) point.
+
+    An explicit schedule (a list of factors) is inside when it is, step for step, the fitted
+    schedule; a warm-up fraction the sweep did not record is not held against the run.
+    """
+    if point["mode"] != fitted["mode"] or point["optimizer"] != fitted["optimizer"]:
+        return False
+    if point["schedule"] == "explicit":
+        from phantomlens.session import schedule_factors
+
+        warmup = fitted.get("warmup_fraction")
+        expected = schedule_factors(fitted["steps"], fitted["schedule"], 0.1 if warmup is None else warmup)
+        return len(expected) == len(point["factors"]) and all(
+            abs(a - b) <= 1e-6 for a, b in zip(expected, point["factors"], strict=True)
+        )
+    if point["schedule"] != fitted["schedule"] or point["steps"] != fitted["steps"]:
+        return False
+    warmup = fitted.get("warmup_fraction")
+    return point["schedule"] == "constant" or warmup is None or abs(point["warmup_fraction"] - warmup) < 1e-9
+
+
+def _point_words(point: dict) -> str:
+    schedule = point["schedule"]
+    if schedule == "explicit":
+        return f"{point['mode']}/{point['optimizer']}, an explicit schedule, T = {point['steps']}"
+    warmup = "" if schedule == "constant" else f", warm-up {point['warmup_fraction']:g}"
+    return f"{point['mode']}/{point['optimizer']}, {schedule}, T = {point['steps']}{warmup}"
+
+
+def _domain_words(domains) -> str:
+    """The fitted points in words, each once: 'lora/adamw, cosine, T = 50, warm-up 0.1'."""
+    words: list[str] = []
+    for domain in domains:
+        for fitted in domain or []:
+            warmup = fitted.get("warmup_fraction")
+            point = {**fitted, "warmup_fraction": 0.1 if warmup is None else warmup}
+            text = _point_words(point) + (" (warm-up not recorded)" if warmup is None else "")
+            if text not in words:
+                words.append(text)
+    return "; ".join(words) or "no recorded domain"
+
+
+def _checked_table(data, where: str) -> dict:
+    """A calibration file's κ table, every entry checked (a bad one is refused whichever is asked)."""
     table = data.get("kappa") if isinstance(data, dict) else None
     if not isinstance(table, dict):
         raise PhantomLensError(
             f"{where} is not a calibration file (no 'kappa' table); make one with phantomlens calibrate"
         )
-    entry = table.get(key)
-    if entry is None:
-        raise PhantomLensError(f"{where} has no κ for {key}; it has {', '.join(map(str, table)) or 'none'}")
-    value = entry.get("value") if isinstance(entry, dict) else None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise PhantomLensError(f"{where}: κ for {key} must be a positive number, got {value!r}")
-    return float(value), f"{where} [{key}]"
+    for key, entry in table.items():
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if not _is_number(value) or not (math.isfinite(value) and value > 0):
+            raise PhantomLensError(f"{where}: κ for {key} must be a positive number, got {value!r}")
+        if "domain" in entry:
+            _check_domain(entry["domain"], f"{where}: the domain of κ for {key}")
+    return table
+
+
+def _check_domain(domain, what: str) -> None:
+    if not isinstance(domain, list) or not all(isinstance(d, dict) for d in domain):
+        raise PhantomLensError(f"{what} must be a list of fitted points, got {domain!r}")
+    for fitted in domain:
+        kinds = {"mode": str, "optimizer": str, "schedule": str, "steps": int}
+        if any(not isinstance(fitted.get(k), t) or isinstance(fitted.get(k), bool) for k, t in kinds.items()):
+            raise PhantomLensError(f"{what} must name mode, optimizer, schedule and steps, got {fitted!r}")
+        warmup = fitted.get("warmup_fraction")
+        if warmup is not None and not (_is_number(warmup) and 0 <= warmup < 1):
+            raise PhantomLensError(f"{what}: warmup_fraction must be in [0, 1), got {warmup!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

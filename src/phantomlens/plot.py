@@ -108,9 +108,42 @@ def plot_entropy(trajectory: pd.DataFrame, ax: Axes | None = None) -> Axes:
 
 
 def shade_jumps(ax: Axes, jumps: Iterable[dict]) -> None:
-    """Shade each jump's step window (``step_from`` … ``step``) of a transitions analysis."""
+    """Shade each jump's step window (``step_from`` … ``step``) of a transitions analysis, and name
+    its verdict at the top of the panel: ``phantom`` (the readout moved) or ``geometric`` (the
+    embeddings did), as the command line's verdict column does."""
     for jump in jumps:
         ax.axvspan(jump["step_from"], jump["step"], color="gold", alpha=0.35, lw=0)
+        if "phantom" in jump:
+            ax.text(
+                (jump["step_from"] + jump["step"]) / 2,
+                0.98,
+                "phantom" if jump["phantom"] else "geometric",
+                transform=ax.get_xaxis_transform(),  # x in steps, y in axes fractions: always on top
+                ha="center",
+                va="top",
+                rotation=90,
+                fontsize=7,
+                color="darkgoldenrod",
+            )
+
+
+#: A panel whose values spread less than this fraction of their size is flat: only float noise.
+FLAT = 1e-6
+
+
+def plain_y_axis(ax: Axes) -> None:
+    """Tick labels that read as the values: never an offset ("+0.3" above the axis), and a flat
+    panel drawn around its value rather than magnified into its float noise ("1e-7 + 0.3")."""
+    import math
+
+    ax.ticklabel_format(axis="y", useOffset=False)
+    low, high = ax.dataLim.intervaly
+    if not (math.isfinite(low) and math.isfinite(high)) or high < low:
+        return  # nothing drawn, or nothing finite
+    size = max(abs(low), abs(high))
+    if high - low <= FLAT * max(size, 1e-3):
+        centre, pad = (low + high) / 2, max(0.05 * size, 1e-3)
+        ax.set_ylim(centre - pad, centre + pad)
 
 
 def plain(text: str) -> str:
@@ -143,6 +176,8 @@ def trajectory_figure(trajectory: pd.DataFrame, summary: dict, jumps: list[dict]
     for axis in axes.flat:
         axis.set_xlabel("step")
         axis.grid(alpha=0.25)
+    for axis in fig.axes:  # the purity twin too
+        plain_y_axis(axis)
     return fig
 
 
@@ -210,3 +245,40 @@ def fact_set_figure(trajectory: pd.DataFrame, summary: dict) -> Figure:
         f"({summary['fraction_flipped']:.0%}), {count(len(silent), 'silent failure')}"
     )
     return fig
+
+
+def prediction_figure(prediction) -> Figure:
+    """``predict --plot``: the predicted final margin against peak LR (log x), as ``lr_find`` users
+    expect, with η̂_c (margin 0), its κ interval, margin_safe and the recommended LR marked.
+    ``prediction`` is a ``results.Prediction`` made with ``curve=True``."""
+    from phantomlens.errors import PhantomLensError
+
+    p, curve = prediction, prediction.margin_curve
+    if not curve:
+        raise PhantomLensError("this prediction has no margin curve: predict with curve=True (or --plot)")
+    ax = _axes(None)
+    margins = curve["margin"]
+    ax.plot(curve["lr"], margins, color="black", label=f"predicted final margin ({p.variant})")
+    ax.set_xscale("log")
+    ax.axhline(0, color="grey", lw=0.8)
+    safe = 1.0 if p.margin_safe is None else p.margin_safe
+    if p.margin_safe is not None:
+        ax.axhline(safe, color="tab:green", ls=":", lw=1, label=f"margin_safe = {safe:g}")
+    if p.eta_c_low and p.eta_c_high:
+        ax.axvspan(p.eta_c_low, p.eta_c_high, color="tab:red", alpha=0.12, label="η̂_c interval (κ's spread)")
+    if p.eta_c:
+        ax.axvline(p.eta_c, color="tab:red", ls="--", label=f"η̂_c = {p.eta_c:.3g} (margin 0)")
+    if p.eta_recommended:
+        ax.axvline(p.eta_recommended, color="tab:green", label=f"recommended {p.eta_recommended:.3g}")
+    # The quadratic model runs off far from η̂_c; keep the window on the flip and margin_safe.
+    reach = 4 * max(abs(safe), abs(p.margin_initial), 1.0)
+    ax.set_ylim(max(min(margins), -reach) - 0.5, min(max(margins), reach) + 0.5)
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("predicted final margin z(target) − z(competitor)")
+    ctx = p.context
+    ax.set_title(
+        plain(f"{ctx['target']!r} vs {ctx['competitor']!r}: {p.model}, {p.mode}, {p.schedule}, T={p.steps}"),
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    return ax.figure

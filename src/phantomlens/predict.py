@@ -1,4 +1,4 @@
-"""Predicting the critical learning rate without training.
+"""Predicting the critical learning rate without training, and the learning rate to use.
 
 See docs/critical-lr.md, "Measured η_c and the κ = 1 prediction".
 
@@ -14,7 +14,15 @@ SGD, A = −∇m·∇L. Cost: one forward and two backward passes.
 What first order misses most: as the loss falls, the gradient shrinks, and so does Adam's step
 m̂/√v̂ (its second moment remembers the larger early gradients). The ``simulated`` variant measures
 the first update's effect on every logit (one more forward pass) and follows the margin through
-that shrinking step over the T steps, a scalar computation with no further passes.
+that shrinking step over the T steps, a scalar computation with no further passes. The
+``two-point`` variant re-measures A half-way and lets it change linearly with the distance.
+
+η_c is a knife edge (a run at η_c ends with the margin at 0), so a prediction also gives the LR to
+*use*: the smallest η whose predicted final margin m_T(η) reaches ``margin_safe`` (the stop rule's),
+from the chosen variant's own margin model, and an interval from κ's spread. Each variant's model
+is m_T at κ = 1 evaluated at κ·η, so that its root is η̂_c. The default variant is the most
+accurate in the stored blind test (``DEFAULT_VARIANT``), divided by the shipped κ when the run lies
+in the domain that κ was fitted on (``phantomlens.kappa``).
 The model, its gradients, its modes and the global RNG are left exactly as they were.
 """
 
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,16 +38,21 @@ import torch
 
 from phantomlens.errors import PhantomLensError
 from phantomlens.forward import last_token_logits
-from phantomlens.kappa import resolve_kappa
+from phantomlens.kappa import KappaChoice, choose_kappa
 from phantomlens.results import VARIANTS, Prediction
 from phantomlens.session import load_for_run, prepare_model, resolve_run_context, schedule_factors
-from phantomlens.settings import RunConfig
+from phantomlens.settings import DEFAULT_LR, MAX_STEPS, RunConfig
 
 PASSES = {
     "first-order": {"forward": 1, "backward": 2},
     "simulated": {"forward": 2, "backward": 2},
     "two-point": {"forward": 3, "backward": 4},
 }
+
+#: The variant a prediction uses unless asked: the most accurate on held-out models in the stored
+#: blind test, in both modes (docs/critical-lr.md, "Blind test"). tests/test_predict.py checks that
+#: the shipped calibration's blind test still ranks it first in every mode it covers.
+DEFAULT_VARIANT = "two-point"
 
 
 @dataclass
@@ -108,14 +122,15 @@ def two_point_critical_lr(
     factors: list[float],
     optimizer: str,
     first_order: float,
-) -> tuple[float | None, float]:
+) -> tuple[float | None, float, float]:
     """η̂_c when the margin velocity changes linearly with the distance travelled.
 
     After a displacement D along the first update's direction, A(D) ≈ A_0 + G·D, with G measured by
     re-measuring A at D_mid = η̂₁·Σs/2 (where a run at η̂₁ is half-way). Before step t a run at η
     has travelled η·P_t (P_t = Σ_{k<t} s_k), so m_T = m_0 + η·A_0·Σ s_t + η²·G·Σ s_t·P_t = 0 is
     a quadratic in η. Under LoRA this captures that the adapters' A matrices only start moving
-    once B ≠ 0. Returns (η̂, A_mid); η̂ is None when the velocity decays too fast to ever flip.
+    once B ≠ 0. Returns (η̂, A_mid, G·Σ s_t·P_t); η̂ is None when the velocity decays too fast to
+    ever flip.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     prefix = [sum(factors[:t]) for t in range(len(factors))]
@@ -126,14 +141,19 @@ def two_point_critical_lr(
     with torch.enable_grad():
         _, velocity_mid = margin_velocity(model, input_ids, zero.target_id, competitor_id, optimizer)
     move(params, zero.directions, -displacement)
-    growth = (velocity_mid - zero.velocity) / displacement
-    a, b, c = growth * quadratic, zero.velocity * linear, zero.margin
+    curvature = (velocity_mid - zero.velocity) / displacement * quadratic
+    return rising_root(curvature, zero.velocity * linear, zero.margin), velocity_mid, curvature
+
+
+def rising_root(a: float, b: float, c: float) -> float | None:
+    """The smallest η > 0 at which c + b·η + a·η² (c < 0) rises through 0; None if it never does."""
     if abs(a) < 1e-300:
-        return -c / b, velocity_mid
+        return -c / b if b > 0 else None
     discriminant = b * b - 4 * a * c
     if discriminant < 0:
-        return None, velocity_mid
-    return (-b + math.sqrt(discriminant)) / (2 * a), velocity_mid
+        return None
+    root = (-b + math.sqrt(discriminant)) / (2 * a)
+    return root if root > 0 else None
 
 
 def margin_velocity(model, input_ids, target_id, competitor_id, optimizer) -> tuple[float, float]:
@@ -177,23 +197,116 @@ def simulate_margins(
     return margins
 
 
-def simulated_critical_lr(zero: StepZero, factors: list[float], optimizer: str, guess: float) -> float:
-    """The smallest η whose simulated margin is positive after the last update (log bisection)."""
+def simulated_critical_lr(
+    zero: StepZero, factors: list[float], optimizer: str, guess: float, level: float = 0.0
+) -> float | None:
+    """The smallest η whose simulated margin is above ``level`` after the last update (log
+    bisection); None when no η up to 10^30 × ``guess`` gets there."""
 
-    def flips(eta: float) -> bool:
-        return simulate_margins(zero, eta, factors, optimizer)[-1] > 0
+    def reaches(eta: float) -> bool:
+        return simulate_margins(zero, eta, factors, optimizer)[-1] > level
 
     low, high = guess / 1e3, guess * 1e3
-    while flips(low):
+    while reaches(low):  # as η → 0 the final margin tends to m_0 < level, so this ends
         low /= 1e3
-    while not flips(high):
+    for _ in range(9):
+        if reaches(high):
+            break
         high *= 1e3
+    else:
+        return None
     for _ in range(60):
         middle = math.sqrt(low * high)
-        low, high = (low, middle) if flips(middle) else (middle, high)
+        low, high = (low, middle) if reaches(middle) else (middle, high)
         if high / low < 1 + 1e-6:
             break
     return high
+
+
+@dataclass
+class MarginModel:
+    """One variant's predicted final margin m_T(η) at κ = 1 (a run at η with κ is m_T(κ·η))."""
+
+    variant: str
+    margin: float  # m_0
+    linear: float  # A·Σ s_t
+    quadratic: float = 0.0  # two-point: G·Σ s_t P_t
+    zero: StepZero | None = None  # simulated: where the margin path starts
+    factors: list[float] | None = None
+    optimizer: str = "adamw"
+
+    def final(self, eta: float) -> float:
+        if self.variant == "simulated" and self.zero is not None and self.zero.logit_velocity is not None:
+            return simulate_margins(self.zero, eta, self.factors, self.optimizer)[-1]
+        return self.margin + eta * self.linear + eta * eta * self.quadratic
+
+    def reaching(self, level: float) -> float | None:
+        """The smallest η ≥ 0 whose final margin is at least ``level`` (0: m_0 already is); None
+        when the model says no η gets there."""
+        if self.margin >= level:
+            return 0.0
+        if self.linear <= 0:
+            return None  # the first update moves the margin down
+        if self.variant == "simulated" and self.zero is not None and self.zero.logit_velocity is not None:
+            guess = (level - self.margin) / self.linear
+            return simulated_critical_lr(self.zero, self.factors, self.optimizer, guess, level)
+        return rising_root(self.quadratic, self.linear, self.margin - level)
+
+
+@dataclass
+class Measured:
+    """Step-zero measurements and the κ = 1 prediction of every variant."""
+
+    zero: StepZero
+    first_order: float | None
+    simulated: float | None
+    two_point: float | None
+    velocity_mid: float | None
+    quadratic: float | None  # the two-point model's η² coefficient
+    passes: dict[str, int]
+
+    def eta1(self, variant: str) -> float | None:
+        return {"first-order": self.first_order, "simulated": self.simulated, "two-point": self.two_point}[
+            variant
+        ]
+
+    def model(self, variant: str, factors: list[float], optimizer: str) -> MarginModel:
+        quadratic = (self.quadratic or 0.0) if variant == "two-point" else 0.0
+        zero = self.zero if variant == "simulated" else None
+        linear = self.zero.velocity * sum(factors)
+        return MarginModel(variant, self.zero.margin, linear, quadratic, zero, factors, optimizer)
+
+
+@dataclass
+class _Request:
+    """What the caller asked for, beside the run's settings."""
+
+    kappa: float | None
+    calibration: str | Path | dict | bool | None  # None (or True): the shipped one; False: none
+    variant: str | None  # None: DEFAULT_VARIANT (first-order for a fact of several tokens)
+    factors: list[float] | None  # an explicit schedule (peak 1)
+    curve: bool
+
+    def kappa_for(self, config: RunConfig, variant: str) -> KappaChoice:
+        shipped = self.calibration is None or self.calibration is True
+        calibration = None if isinstance(self.calibration, bool) else self.calibration
+        return choose_kappa(self.kappa, calibration, config, variant, shipped=shipped, factors=self.factors)
+
+
+def explicit_factors(factors: Sequence[float] | None) -> list[float] | None:
+    """A caller's per-step LR factors, checked, scaled to peak 1 (η is then the peak LR)."""
+    if factors is None:
+        return None
+    try:
+        values = [float(f) for f in factors]
+    except (TypeError, ValueError):
+        raise PhantomLensError("factors must be a list of numbers, one LR factor per step") from None
+    if not 1 <= len(values) <= MAX_STEPS:
+        raise PhantomLensError(f"factors must hold 1 to {MAX_STEPS:,} steps, got {len(values)}")
+    if not all(math.isfinite(v) and v >= 0 for v in values) or max(values) <= 0:
+        raise PhantomLensError("factors must be finite, non-negative LR factors, not all 0")
+    peak = max(values)
+    return [v / peak for v in values]
 
 
 def predict_critical_lr(
@@ -202,91 +315,177 @@ def predict_critical_lr(
     model=None,
     tokenizer=None,
     kappa: float | None = None,
-    calibration: str | Path | dict | None = None,
-    variant: str = "first-order",
+    calibration: str | Path | dict | bool | None = None,
+    variant: str | None = None,
+    factors: Sequence[float] | None = None,
+    curve: bool = False,
     **overrides,
 ) -> Prediction:
-    """η̂_c for the run ``config`` would make (same settings and defaults as ``finetune``).
+    """η̂_c for the run ``config`` would make (same settings and defaults as ``finetune``), its
+    interval, and the recommended LR (the smallest whose predicted final margin ≥ margin_safe, with κ
+    at the low end of its spread).
 
-    ``variant="first-order"`` is the formula of docs/critical-lr.md (1 forward + 2 backward passes);
-    ``"simulated"`` follows the margin through Adam's shrinking steps (2 forward + 2 backward).
-    Both are computed; ``eta_c`` is the chosen one, divided by that variant's κ.
+    ``variant``: first-order, simulated or two-point (all are computed; ``eta_c`` is the chosen one
+    divided by its κ); None picks ``DEFAULT_VARIANT`` (first-order for a fact of several tokens,
+    or when two-point has no root). ``calibration``: None uses the shipped calibration, a file or
+    dict a calibration of yours, False none; either applies κ only inside the domain it was fitted
+    on (else κ = 1, said in ``kappa_note``). ``kappa`` gives κ directly. ``factors``: the per-step
+    LR factors of the run's own schedule (e.g. a trainer's scheduler), instead of ``schedule`` and
+    ``steps`` (T = len(factors); scaled to peak 1, so η is the peak LR). ``curve``: also sample the
+    predicted final margin over LRs (``margin_curve``, what ``plot.prediction_figure`` draws).
     """
-    if variant not in VARIANTS:
+    if variant is not None and variant not in VARIANTS:
         raise PhantomLensError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     config = (config or RunConfig()).replace(**overrides)
+    request = _Request(kappa, calibration, variant, explicit_factors(factors), curve)
+    if request.factors is not None:
+        config = config.replace(steps=len(request.factors))
     if config.facts is not None:
         raise PhantomLensError(
             "predict_critical_lr predicts one context; for a fact file use phantomlens.predict_facts "
             "(phantomlens predict --facts FILE)"
         )
-    kappa, source = resolve_kappa(kappa, calibration, config, variant)  # bad κ: fail before loading
+    request.kappa_for(config, variant or DEFAULT_VARIANT)  # a bad κ or calibration fails before loading
     config, model, tokenizer = load_for_run(config, model, tokenizer, {})
     from phantomlens.facttrain import single_fact
 
+    schedule = request.factors or schedule_factors(config.steps, config.schedule, config.warmup_fraction)
     fact = single_fact(config, tokenizer)
     if fact is not None:
-        return _predict_fact(config, model, tokenizer, fact, (kappa, source), variant)
+        return _predict_fact(config, model, tokenizer, fact, request, schedule)
+    return _predict_context(config, model, tokenizer, request, schedule)
+
+
+def _predict_context(config, model, tokenizer, request: _Request, schedule: list[float]) -> Prediction:
+    """A single-token context: every variant measured, the chosen one the headline."""
     spec = resolve_run_context(config, tokenizer, model)
-    factors = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
-    zero, (first_order, simulated, two_point, velocity_mid), spent = _measure(model, config, spec, factors)
-    total = sum(factors)
-    chosen_kappa1 = {"first-order": first_order, "simulated": simulated, "two-point": two_point}[variant]
+    measured = _measure(model, config, spec, schedule)
+    chosen, note = _final_variant(request.variant, measured)
+    margin_model = measured.model(chosen, schedule, config.optimizer)
     return Prediction(
-        eta_c=None if chosen_kappa1 is None else chosen_kappa1 / kappa,
-        variant=variant,
-        eta_c_first_order=first_order,
-        eta_c_simulated=simulated,
-        eta_c_two_point=two_point,
-        margin_velocity_mid=velocity_mid,
-        margin_initial=zero.margin,
-        margin_velocity=zero.velocity,
-        schedule_sum=total,
-        kappa=kappa,
-        kappa_source=source,
-        passes=spent,
-        mode=config.mode,
-        optimizer=config.optimizer,
-        steps=config.steps,
-        schedule=config.schedule,
-        model=config.model,
+        **_headline(request, config, margin_model, measured.eta1(chosen)),
+        **_run_fields(config, request, schedule),
+        variant=chosen,
+        variant_note=note,
+        eta_c_first_order=measured.first_order,
+        eta_c_simulated=measured.simulated,
+        eta_c_two_point=measured.two_point,
+        margin_velocity_mid=measured.velocity_mid,
+        two_point_quadratic=measured.quadratic,
+        margin_initial=measured.zero.margin,
+        margin_velocity=measured.zero.velocity,
+        passes=measured.passes,
         context={"text": spec.text, "target": spec.target, "competitor": spec.competitor},
     )
 
 
-def _predict_fact(config, model, tokenizer, fact, kappa: tuple[float, str], variant: str) -> Prediction:
+def _final_variant(asked: str | None, measured: Measured) -> tuple[str, str | None]:
+    """The headline's variant, and why it is not the one asked for (or has no answer)."""
+    no_root = measured.two_point is None and measured.first_order is not None
+    if asked is None and no_root:
+        return "first-order", (
+            "two-point (the default) has no root here: in its model the margin velocity decays "
+            "before the flip; the headline falls back to first-order"
+        )
+    chosen = asked or DEFAULT_VARIANT
+    if chosen == "two-point" and no_root:
+        return chosen, "two-point has no root here (the margin velocity decays before the flip)"
+    return chosen, None
+
+
+def _run_fields(config: RunConfig, request: _Request, schedule: list[float]) -> dict:
+    explicit = request.factors is not None
+    return {
+        "mode": config.mode,
+        "optimizer": config.optimizer,
+        "steps": config.steps,
+        "schedule": "explicit" if explicit else config.schedule,
+        "warmup_fraction": None if explicit else config.warmup_fraction,
+        "schedule_sum": sum(schedule),
+        "model": config.model,
+    }
+
+
+def _headline(
+    request: _Request, config: RunConfig, model: MarginModel, eta1: float | None, kappa=None
+) -> dict:
+    """η̂_c with its interval, κ and where it came from, and the recommended LR (``kappa``: a
+    KappaChoice already made, else the request's for the model's variant)."""
+    if kappa is None:
+        try:
+            kappa = request.kappa_for(config, model.variant)
+        except PhantomLensError as exc:  # a fallback variant the user's calibration lacks
+            kappa = KappaChoice(1.0, "uncalibrated", None, f"{exc}: κ = 1, uncalibrated")
+    eta = None if eta1 is None else eta1 / kappa.value
+    sigma = kappa.log_std
+    safe = config.stop.margin_safe
+    reach = model.reaching(safe)
+    # Robust to κ's spread: the margin must reach margin_safe even with κ at the low end of its
+    # measured spread (κ·e^−σ). Checked on the stored sweeps, κ's central value alone left the run
+    # short of margin_safe in about half the contexts.
+    recommended = None if reach is None else reach / kappa.value * math.exp(sigma or 0.0)
+    return {
+        "eta_c": eta,
+        "eta_c_low": None if eta is None or sigma is None else eta * math.exp(-sigma),
+        "eta_c_high": None if eta is None or sigma is None else eta * math.exp(sigma),
+        "kappa": kappa.value,
+        "kappa_source": kappa.source,
+        "kappa_log_std": sigma,
+        "kappa_note": kappa.note,
+        "margin_safe": safe,
+        "eta_recommended": recommended,
+        "margin_curve": margin_curve(model, kappa.value, [eta, recommended], config)
+        if request.curve
+        else None,
+    }
+
+
+def margin_curve(model: MarginModel, kappa: float, marks: list[float | None], config: RunConfig) -> dict:
+    """The predicted final margin at 61 LRs, log-spaced over 1.5 decades either side of ``marks``
+    (η̂_c and the recommended LR; the mode's default LR when neither is positive)."""
+    import numpy as np
+
+    positive = [m for m in marks if m]
+    low, high = (min(positive), max(positive)) if positive else (DEFAULT_LR[config.mode],) * 2
+    lrs = np.geomspace(low / 30, high * 30, 61).tolist()
+    return {"lr": lrs, "margin": [model.final(kappa * lr) for lr in lrs]}
+
+
+FACT_VARIANT_NOTE = "a fact of several tokens (or a chat prompt) is predicted first-order, its only variant"
+
+
+def _predict_fact(config, model, tokenizer, fact, request: _Request, schedule: list[float]) -> Prediction:
     """A single fact of several tokens (or a chat prompt): the first-order prediction on the
     sequence margin, the definition the fact-set prediction uses with N = 1."""
     from phantomlens.factpredict import measure_facts
     from phantomlens.facttrain import _tokenized
 
-    if variant != "first-order":
+    if request.variant not in (None, "first-order"):
         raise PhantomLensError(
-            f"the {variant} variant is defined for single-token contexts; a fact of several tokens "
+            f"the {request.variant} variant is defined for single-token contexts; a fact of several tokens "
             "(or a chat prompt) is predicted first-order: use --variant first-order"
         )
     tokenized = _tokenized(tokenizer, model, [fact])
-    total = sum(schedule_factors(config.steps, config.schedule, config.warmup_fraction))
-    _, (record,) = measure_facts(model, config, tokenized, total, 1.0)
+    _, (record,) = measure_facts(model, config, tokenized, sum(schedule), 1.0)
     chosen = tokenized[0].fact
+    kappa = None
+    if request.calibration in (None, True) and request.kappa is None:
+        note = "the shipped calibration was fitted on single-token contexts: κ = 1, uncalibrated"
+        kappa = KappaChoice(1.0, "uncalibrated", None, note)
+    linear = record.velocity_single * sum(schedule)
+    margin_model = MarginModel("first-order", record.margin_initial, linear)
     return Prediction(
-        eta_c=None if record.eta_c_single is None else record.eta_c_single / kappa[0],
-        variant=variant,
+        **_headline(request, config, margin_model, record.eta_c_single, kappa),
+        **_run_fields(config, request, schedule),
+        variant="first-order",
+        variant_note=None if request.variant else FACT_VARIANT_NOTE,
         eta_c_first_order=record.eta_c_single,
         eta_c_simulated=None,
         eta_c_two_point=None,
         margin_velocity_mid=None,
         margin_initial=record.margin_initial,
         margin_velocity=record.velocity_single,
-        schedule_sum=total,
-        kappa=kappa[0],
-        kappa_source=kappa[1],
         passes={"forward": 3, "backward": 3},
-        mode=config.mode,
-        optimizer=config.optimizer,
-        steps=config.steps,
-        schedule=config.schedule,
-        model=config.model,
         context={
             "text": chosen.prompt,
             "target": chosen.target,
@@ -297,7 +496,7 @@ def _predict_fact(config, model, tokenizer, fact, kappa: tuple[float, str], vari
     )
 
 
-def _measure(model, config, spec, factors: list[float]):
+def _measure(model, config, spec, factors: list[float]) -> Measured:
     """Step-zero measurements and the three κ = 1 predictions, on a private copy of the model.
 
     LoRA injection, requires_grad changes and the probe steps must not touch the user's model,
@@ -309,22 +508,25 @@ def _measure(model, config, spec, factors: list[float]):
         for parameter in probe.parameters():
             parameter.grad = None
         torch.manual_seed(config.seed)  # the same LoRA initialisation the run would get
-        probe = prepare_model(probe, config)
+        from phantomlens.models import dependency_noise_off
+
+        with dependency_noise_off():  # PEFT's deprecation notices are not the user's business
+            probe = prepare_model(probe, config)
         probe.eval()
         with torch.enable_grad():
             zero = step_zero(probe, spec.input_ids, spec.target_id, spec.competitor_id, config.optimizer)
-        first_order = simulated = two_point = velocity_mid = None
-        spent = dict(PASSES["first-order"])
+        measured = Measured(zero, None, None, None, None, None, dict(PASSES["first-order"]))
         if zero.margin >= 0:
-            first_order = simulated = two_point = 0.0  # already flipped: any LR keeps it
+            measured.first_order = measured.simulated = measured.two_point = 0.0  # any LR keeps it
         elif zero.velocity > 0:
-            spent = dict(PASSES["two-point"])  # b (one forward), then A re-measured half-way
+            measured.passes = dict(PASSES["two-point"])  # b (one forward), then A re-measured half-way
             first_order = -zero.margin / (zero.velocity * sum(factors))
-            simulated = simulated_critical_lr(zero, factors, config.optimizer, first_order)
-            two_point, velocity_mid = two_point_critical_lr(
+            measured.first_order = first_order
+            measured.simulated = simulated_critical_lr(zero, factors, config.optimizer, first_order)
+            measured.two_point, measured.velocity_mid, measured.quadratic = two_point_critical_lr(
                 probe, spec.input_ids, zero, spec.competitor_id, factors, config.optimizer, first_order
             )
         del probe
     finally:
         torch.set_rng_state(rng)
-    return zero, (first_order, simulated, two_point, velocity_mid), spent
+    return measured

@@ -435,9 +435,27 @@ class Prediction(StoredResult):
     mode: str
     optimizer: str
     steps: int
-    schedule: str
+    schedule: str  # cosine, linear, constant, or "explicit" (factors given by the caller)
     model: str
     context: dict[str, Any]
+    # Added with "predict for use" (docs/critical-lr.md); absent from older files.
+    warmup_fraction: float | None = newer()
+    eta_c_low: float | None = newer()  # η̂_c·exp(−σ), σ the calibration's std of log κ
+    eta_c_high: float | None = newer()  # η̂_c·exp(+σ)
+    kappa_log_std: float | None = newer()  # σ; None when κ is given or uncalibrated (no interval)
+    kappa_note: str | None = newer()  # the calibration's domain: inside, outside (κ = 1), not recorded
+    variant_note: str | None = newer()  # why the variant is not the one asked for, or has no root
+    margin_safe: float | None = newer()  # the final margin the recommended LR reaches
+    eta_recommended: float | None = newer()  # smallest η: final margin ≥ margin_safe at κ·e^−σ
+    two_point_quadratic: float | None = newer()  # G·Σ s_t P_t: m_T = m_0 + η·A·Σs + η²·this (κ = 1)
+    margin_curve: dict[str, list[float]] | None = newer()  # predicted final margin per LR (--plot)
+
+    def validate(self) -> None:
+        if self.margin_curve is not None and (
+            set(self.margin_curve) != {"lr", "margin"}
+            or len(self.margin_curve["lr"]) != len(self.margin_curve["margin"])
+        ):
+            raise PhantomLensError(f"{self.what}: margin_curve needs lr and margin lists of one length")
 
 
 # --- a sweep directory ----------------------------------------------------------------------------

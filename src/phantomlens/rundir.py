@@ -9,11 +9,12 @@ and out by ``phantomlens.results``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from phantomlens.atomic import staged_directory, write_json_atomic
+from phantomlens.atomic import staged_directory, strict_json, write_json_atomic
 from phantomlens.errors import PhantomLensError
 from phantomlens.results import (
     CONFIG_FILE,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from phantomlens.factrun import FactSetResult
     from phantomlens.settings import AnalysisConfig, RunConfig
 
 
@@ -113,19 +115,100 @@ class RunResult:
         return out
 
 
-def reanalyze(run_dir: str | Path, config: AnalysisConfig | None = None) -> RunResult:
-    """Re-run the transitions analysis on a stored run; rewrite events.json, summary.json and the plot.
+def reanalyze(
+    run_dir: str | Path, config: AnalysisConfig | None = None, *, overwrite: bool = False
+) -> RunResult | FactSetResult:
+    """Re-run the transitions analysis on a stored run (either kind); rewrite events.json, summary.json
+    and the figure. A stored analysis that this one would change is refused unless ``overwrite``.
 
     Everything is read and validated, and the new analysis computed, before anything is written.
     """
-    from phantomlens.atomic import write_bytes_atomic
-    from phantomlens.plot import figure_png
+    analysis = reanalysis(run_dir, config)
+    analysis.write(overwrite=overwrite)
+    return analysis.result
+
+
+def reanalysis(run_dir: str | Path, config: AnalysisConfig | None = None) -> Reanalysis:
+    """A stored run (either kind) analysed again under ``config``, nothing written yet."""
+    from phantomlens.factresults import is_fact_set
 
     run_dir = Path(run_dir)
+    if is_fact_set(run_dir):
+        from phantomlens.factrun import OVERVIEW_FILE, FactSetResult
+
+        return Reanalysis(run_dir, FactSetResult.load(run_dir).analyze(config), OVERVIEW_FILE)
     summary, trajectory, _ = load_run_dir(run_dir, events=False)
     result = RunResult(summary, trajectory, None, run_dir).analyze(config)  # type: ignore[arg-type]
-    png = figure_png(result.plot())
-    result.events.write(run_dir / EVENTS_FILE)
-    write_bytes_atomic(run_dir / PLOT_FILE, png)
-    result.summary.write(run_dir / SUMMARY_FILE)
-    return result
+    return Reanalysis(run_dir, result, PLOT_FILE)
+
+
+@dataclass
+class Reanalysis:
+    """A stored run's analysis redone, not yet written. The figure is always redrawn (it is drawn
+    from the results); events.json and summary.json are written when they are missing or differ,
+    and ``write`` refuses to replace a stored value unless told to overwrite."""
+
+    run_dir: Path
+    result: RunResult | FactSetResult
+    figure: str  # the figure's file name in run_dir
+    files: dict = field(init=False)  # result file name -> its new content
+    changed: list[str] = field(init=False)  # stored result files whose values this analysis replaces
+    fields: list[str] = field(init=False)  # the top-level fields it replaces in them
+    added: list[str] = field(init=False)  # result files not stored yet, or stored without some fields
+
+    def __post_init__(self) -> None:
+        new = {EVENTS_FILE: self.result.events.to_dict(), SUMMARY_FILE: self.result.summary.to_dict()}
+        self.files = {name: _as_written(content) for name, content in new.items()}
+        stored = {name: _stored_json(self.run_dir / name) for name in self.files}
+        # Only a stored value that would be replaced or dropped counts as a change: fields a file
+        # lacks (a run analysed by an older version, or never) are added without asking.
+        replaced = {
+            n: _replaced_keys(stored[n], self.files[n]) for n in self.files if stored[n] is not _ABSENT
+        }
+        self.changed = [name for name, keys in replaced.items() if keys]
+        self.fields = sorted({key for keys in replaced.values() for key in keys})
+        self.added = [n for n in self.files if n not in self.changed and stored[n] != self.files[n]]
+
+    def check(self, overwrite: bool = False) -> None:
+        """A one-line error if writing would replace stored results and ``overwrite`` is not given."""
+        if self.changed and not overwrite:
+            fields = ", ".join(self.fields[:4]) + (", …" if len(self.fields) > 4 else "")
+            raise PhantomLensError(
+                f"{self.run_dir}: this analysis would change the stored {' and '.join(self.changed)} "
+                f"({fields}); pass --overwrite (overwrite=True) to replace them, or copy the run first"
+            )
+
+    def write(self, overwrite: bool = False) -> None:
+        from phantomlens.atomic import write_bytes_atomic
+        from phantomlens.plot import figure_png
+
+        self.check(overwrite)
+        write_bytes_atomic(self.run_dir / self.figure, figure_png(self.result.plot()))
+        for name in self.files:  # summary.json last, as when the run was written
+            if name in self.added or name in self.changed:
+                write_json_atomic(self.run_dir / name, self.files[name])
+
+
+_ABSENT = object()
+
+
+def _stored_json(path: Path):
+    """A stored file's JSON; ``_ABSENT`` when there is none, None when it is not JSON (so it differs)."""
+    if not path.is_file():
+        return _ABSENT
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _as_written(obj) -> object:
+    """``obj`` as it reads back from disk (NaN as null, tuples as lists), for comparing with a file."""
+    return json.loads(strict_json(obj))
+
+
+def _replaced_keys(old, new: dict) -> list[str]:
+    """The top-level fields of a stored JSON object that ``new`` would replace or drop."""
+    if not isinstance(old, dict):
+        return ["the whole file"]
+    return [key for key in old if new.get(key, _ABSENT) != old[key]]

@@ -23,15 +23,22 @@ from phantomlens.settings import RunConfig
 def schedule_factor(step: int, steps: int, schedule: str = "cosine", warmup_fraction: float = 0.1) -> float:
     """The LR multiplier s_t (peak 1) at step ``step`` of ``steps``.
 
-    cosine: linear warm-up over ⌈warmup_fraction·T⌉ steps reaching 1 on the last warm-up step, then
-    cosine decay that would reach 0 at t = T. Warm-up starts at 1/W, not 0, so no step is wasted.
+    cosine: linear warm-up over W = ⌈warmup_fraction·T⌉ steps reaching 1 on the last warm-up step,
+    then cosine decay that would reach 0 at t = T. Warm-up starts at 1/W, not 0, so no step is wasted.
+    linear: the same warm-up, then linear decay (T − t)/(T − W) that would reach 0 at t = T. After
+    the warm-up this is exactly HF's ``get_linear_schedule_with_warmup`` with W warm-up steps; during
+    it, s_t = HF's factor at t + 1 (HF spends step 0 at LR 0).
     """
     if schedule == "constant":
         return 1.0
+    if schedule not in ("cosine", "linear"):
+        raise PhantomLensError(f"schedule must be cosine, linear or constant, got {schedule!r}")
     warmup = math.ceil(warmup_fraction * steps) if warmup_fraction > 0 else 0
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -99,6 +106,10 @@ def precheck_context(config: RunConfig) -> None:
 
 def resolve_run_context(config: RunConfig, tokenizer, model) -> ResolvedContext:
     builtin = lookup_context(config.context)
+    if builtin and not (config.target or config.competitor):  # new words make it another context
+        from phantomlens.models import check_context_for_model
+
+        check_context_for_model(config.model, builtin.name)
     text = builtin.text if builtin else config.context
     target = config.target or (builtin.target if builtin else None)
     competitor = config.competitor or (builtin.competitor if builtin else None)
@@ -157,7 +168,8 @@ def embedding_sha256(model) -> str:
         if weight.data_ptr() in seen:
             continue
         seen.add(weight.data_ptr())
-        array = weight.detach().cpu().contiguous().numpy()
+        # The raw bytes: numpy has no bfloat16, and for fp32 these are the bytes numpy would give.
+        array = weight.detach().cpu().contiguous().view(torch.uint8).numpy()
         digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
 

@@ -44,7 +44,7 @@ SPECTRAL_MASS = 0.999
 SPECTRAL_TOPK = 1024
 
 MODES = ("full", "lora")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -135,9 +135,14 @@ class RunConfig(JsonConfig):
         None, "peak learning rate η (default: 1e-6 full, 1e-4 LoRA, resolved from --mode)", check=POSITIVE
     )
     steps: int = option(50, "number of optimiser steps T", check=both(at_least(1), at_most(MAX_STEPS)))
-    schedule: str = option("cosine", "linear warm-up then cosine decay to 0, or constant", choices=SCHEDULES)
+    schedule: str = option(
+        "cosine",
+        "cosine: linear warm-up then cosine decay to 0; linear: linear warm-up then linear decay to 0 "
+        "(HF Trainer's default); constant",
+        choices=SCHEDULES,
+    )
     warmup_fraction: float = option(
-        0.1, "fraction of the steps spent in linear warm-up (cosine)", check=FRACTION
+        0.1, "fraction of the steps spent in linear warm-up (cosine, linear)", check=FRACTION
     )
     optimizer: str = option("adamw", "optimiser", choices=OPTIMIZERS)
     weight_decay: float = option(0.0, "AdamW weight decay", check=NON_NEGATIVE)

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -234,7 +235,8 @@ def _predict(config: RunConfig, model, tokenizer, optional: bool) -> dict:
     from phantomlens.predict import predict_critical_lr
 
     try:
-        return predict_critical_lr(config, model=model, tokenizer=tokenizer).to_dict()
+        # κ = 1: a sweep's predictions are what calibration fits κ on
+        return predict_critical_lr(config, model=model, tokenizer=tokenizer, calibration=False).to_dict()
     except PhantomLensError as exc:
         if not optional:
             raise
@@ -388,6 +390,38 @@ class _Backend:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+class Progress:
+    """What a sweep says as it goes: one line on stderr per finished run (and per prediction), so a
+    sweep of many minutes is never silent, even in a log file; and a tqdm bar on a terminal."""
+
+    def __init__(self, description: str, progress: bool | None, total: int | None) -> None:
+        from tqdm.auto import tqdm
+
+        self.lines = progress is not False
+        self.total = total  # known for a grid; a search's length depends on its outcomes
+        self.runs = 0
+        self.started = time.perf_counter()
+        self.bar = tqdm(
+            desc=description, unit="run", total=total, disable=None if progress is None else not progress
+        )
+
+    def say(self, text: str) -> None:
+        if self.lines:
+            self.bar.write(text, file=sys.stderr)  # above the bar, which is redrawn below it
+
+    def finished(self, what: str, standing: str = "") -> None:
+        """A run finished: ``what`` it was (subject, LR, outcome), and how the sweep stands."""
+        self.runs += 1
+        self.bar.update(1)
+        count = f"run {self.runs}" + (f"/{self.total}" if self.total else "")
+        elapsed = time.perf_counter() - self.started
+        clock = f"{int(elapsed // 60)}:{int(elapsed % 60):02d}"
+        self.say(f"{count:<9} {what}  ({', '.join(filter(None, [standing, f'{clock} elapsed']))})")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @contextlib.contextmanager
 def _environment(**values: str) -> Iterator[None]:
     before = {key: os.environ.get(key) for key in values}
@@ -440,9 +474,13 @@ def subjects(config: SweepConfig) -> tuple[str | None, dict[str, Subject]]:
     """The fact file's hash (None for built-in contexts) and the subjects of a sweep, by name."""
     if config.fact_file is None:
         from phantomlens.contexts import builtin_contexts, get_context
+        from phantomlens.models import BUILTIN_MODELS, check_context_for_model
 
-        names = config.contexts or [c.name for c in builtin_contexts()]
+        invalid = getattr(BUILTIN_MODELS.get(config.run.model), "invalid_contexts", ())
+        names = config.contexts or [c.name for c in builtin_contexts() if c.name not in invalid]
         names = list(dict.fromkeys(get_context(name).name for name in names))  # each once
+        for name in names:  # one named that is invalid for the model: refused before any run
+            check_context_for_model(config.run.model, name)
         return None, {n: Subject(n, n, {"context": n}, "required") for n in names}
     from phantomlens.facts import load_facts
 
@@ -618,17 +656,15 @@ class Sweep:
         return DEFAULT_LR[self.config.run.mode]
 
     def run(self, progress: bool | None = None) -> pd.DataFrame:
-        from tqdm.auto import tqdm
-
+        """Run (or resume) the sweep. ``progress``: None, a line on stderr per finished run and a bar
+        when stderr is a terminal; True, both always; False, neither."""
         self.check_compatible()
         self.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out / "sweep.json", self.config.to_dict())
         backend = _Backend(self.config)
-        bar = tqdm(
-            desc=f"sweep {self.model_tag} {self.config.run.mode}",
-            unit="run",
-            disable=None if progress is None else not progress,
-        )
+        # A grid's runs still to do are known now (a resumed grid skips those recorded); a search's are not.
+        total = sum(len(self.next_runs(c, set())) for c in self.contexts) if self.config.grid else None
+        bar = Progress(f"sweep {self.model_tag} {self.config.run.mode}", progress, total)
         try:
             self._drive(backend, bar)
         except BaseException:
@@ -639,7 +675,11 @@ class Sweep:
             backend.close()
         return self.write_results()
 
-    def _drive(self, backend: _Backend, bar) -> None:
+    def done(self) -> int:
+        """How many subjects need no more runs."""
+        return sum(not self.next_runs(context, set()) for context in self.contexts)
+
+    def _drive(self, backend: _Backend, bar: Progress) -> None:
         """Submit what the records call for, collect results as they finish, until nothing is left."""
         pending: dict[cf.Future, tuple[str, str, float | None]] = {}
         busy: dict[str, set] = {}  # context -> LRs in flight (None: its prediction)
@@ -677,7 +717,7 @@ class Sweep:
         run = self.run_settings(context)
         return {"kind": "predict", "run": run, "optional": subject.prediction == "optional"}
 
-    def _store(self, kind: str, context: str, lr: float | None, result: dict, bar) -> None:
+    def _store(self, kind: str, context: str, lr: float | None, result: dict, bar: Progress) -> None:
         if kind == "predict" and "unavailable" in result:
             # Not stored: a later version that can predict this fact does so on resume.
             self.unpredicted[context] = result["unavailable"]
@@ -688,11 +728,20 @@ class Sweep:
             )
             return
         if kind == "predict":
-            Prediction.from_dict(result).write(self.prediction_path(context))
+            prediction = Prediction.from_dict(result)
+            prediction.write(self.prediction_path(context))
+            eta = prediction.eta_c_simulated or prediction.eta_c
+            said = f"η̂_c(κ=1) = {eta:.3g}" if eta else "no η̂_c"
+            bar.say(f"predicted {context}: {said}; its search starts at lr {self.start_lr(context):.3g}")
             return
-        SweepRunRecord.from_dict(result).write(self.run_dir(context) / f"lr={lr_key(lr):.10g}.json")
-        bar.update(1)
-        bar.set_postfix(context=context, lr=f"{lr:.3g}", outcome=result["outcome"])
+        record = SweepRunRecord.from_dict(result)
+        record.write(self.run_dir(context) / f"lr={lr_key(lr):.10g}.json")
+        outcome = record.outcome + (" (silent)" if record.silent else "")
+        if record.quantile is not None:
+            outcome += f", {record.n_flipped} of {record.n_facts} facts flipped"
+        noun = "fact set" if self.config.joint else "fact" if self.config.fact_file else "context"
+        subjects = f"{self.done()}/{len(self.contexts)} {noun}s done"
+        bar.finished(f"{context}  lr {lr:.3g}  {outcome}", "" if bar.total else subjects)
 
     def grid_results(self) -> pd.DataFrame:
         """One row per (context, LR) run of a grid: the phase diagram's cells."""

@@ -143,6 +143,7 @@ def finetune(
     gets ``None`` as the row, since a fact-set run keeps its readouts on the device until the end.
     """
     from phantomlens.atomic import check_output_dir
+    from phantomlens.models import dependency_noise_off
     from phantomlens.session import load_for_run
 
     config = (config or RunConfig()).replace(**overrides)
@@ -152,17 +153,19 @@ def finetune(
     facts = _facts_of(config, tokenizer)
     spec = None if facts else resolve_run_context(config, tokenizer, model)
     torch.manual_seed(config.seed)
-    model = prepare_model(model, config)
-    model.eval()  # dropout off: deterministic, and the readout sees the same function it trains
-    if not any(p.requires_grad for p in model.parameters()):
-        raise PhantomLensError("the model has no trainable parameters in this mode")
-    if facts:
-        from phantomlens.facttrain import train_facts
+    # PEFT and transformers deprecation notices (PEFT asks for is_gradient_checkpointing) are theirs.
+    with dependency_noise_off():
+        model = prepare_model(model, config)
+        model.eval()  # dropout off: deterministic, and the readout sees the same function it trains
+        if not any(p.requires_grad for p in model.parameters()):
+            raise PhantomLensError("the model has no trainable parameters in this mode")
+        if facts:
+            from phantomlens.facttrain import train_facts
 
-        result = train_facts(config, model, tokenizer, facts, progress=progress,
-                             step_callback=step_callback, analysis=analysis)  # fmt: skip
-    else:
-        result = _train_context(config, model, tokenizer, spec, progress, step_callback, analysis)
+            result = train_facts(config, model, tokenizer, facts, progress=progress,
+                                 step_callback=step_callback, analysis=analysis)  # fmt: skip
+        else:
+            result = _train_context(config, model, tokenizer, spec, progress, step_callback, analysis)
     if out is not None:
         result.save(out, overwrite=overwrite, config=config.resolved())
     return result
