@@ -167,6 +167,12 @@ class RunConfig(JsonConfig):
     early_stop: bool = option(
         False, "stop once the flip is secure (margin ≥ --margin-safe for --patience steps)"
     )
+    precision: str = option(
+        "fp32",
+        "fp32, or bf16: train under bfloat16 autocast with the LM head, the logits and the readout "
+        "kept in fp32",
+        choices=("fp32", "bf16"),
+    )
     readout: ReadoutConfig = group(ReadoutConfig, "how the readout is taken")
     stop: StopRule = group(StopRule, "when the flip counts as secure (with --early-stop)")
 

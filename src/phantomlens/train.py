@@ -144,6 +144,8 @@ def finetune(
     """
     from phantomlens.atomic import check_output_dir
     from phantomlens.models import dependency_noise_off
+    from phantomlens.precision import NOTE as PRECISION_NOTE
+    from phantomlens.precision import mixed_precision
     from phantomlens.session import load_for_run
 
     config = (config or RunConfig()).replace(**overrides)
@@ -159,13 +161,16 @@ def finetune(
         model.eval()  # dropout off: deterministic, and the readout sees the same function it trains
         if not any(p.requires_grad for p in model.parameters()):
             raise PhantomLensError("the model has no trainable parameters in this mode")
-        if facts:
-            from phantomlens.facttrain import train_facts
+        with mixed_precision(model, config.precision):
+            if facts:
+                from phantomlens.facttrain import train_facts
 
-            result = train_facts(config, model, tokenizer, facts, progress=progress,
-                                 step_callback=step_callback, analysis=analysis)  # fmt: skip
-        else:
-            result = _train_context(config, model, tokenizer, spec, progress, step_callback, analysis)
+                result = train_facts(config, model, tokenizer, facts, progress=progress,
+                                     step_callback=step_callback, analysis=analysis)  # fmt: skip
+            else:
+                result = _train_context(config, model, tokenizer, spec, progress, step_callback, analysis)
+    if config.precision != "fp32":
+        result.summary = result.summary.replace(notes=[*result.summary.notes, PRECISION_NOTE])
     if out is not None:
         result.save(out, overwrite=overwrite, config=config.resolved())
     return result

@@ -1,0 +1,44 @@
+"""bf16 runs: the body under autocast, the LM head, logits and readout in fp32, said in the notes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import make_tiny, tiny_pair
+
+from phantomlens import finetune
+from phantomlens.precision import NOTE, mixed_precision
+
+TEXT = "She felt a deep sense of"
+
+
+def test_the_body_runs_in_bf16_and_the_head_in_fp32_and_the_model_is_left_clean():
+    model, tokenizer = make_tiny("llama")
+    ids = torch.tensor([tokenizer.encode(TEXT)])
+    seen = {}
+    body = model.model.layers[0].self_attn.q_proj
+    body.register_forward_hook(lambda m, i, o: seen.__setitem__("body", o.dtype))
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+        with mixed_precision(model, "bf16"):
+            logits = model(input_ids=ids).logits
+    assert seen["body"] == torch.bfloat16 and logits.dtype == torch.float32
+    assert torch.allclose(logits, reference, atol=0.1)  # bf16 body: close, not equal
+    assert not model.get_output_embeddings()._forward_hooks  # the hook is gone
+    with torch.no_grad(), mixed_precision(model, "fp32"):
+        assert torch.equal(model(input_ids=ids).logits, reference)
+
+
+@pytest.mark.parametrize("facts", [False, True])
+def test_a_bf16_run_completes_and_says_so(facts, tmp_path):
+    model, tokenizer = make_tiny("llama")
+    if facts:
+        what = {"context": "The river flows into the", "target": "sea and the", "competitor": "ocean"}
+    else:
+        target, competitor = tiny_pair(model, tokenizer, TEXT)
+        what = {"context": TEXT, "target": target, "competitor": competitor}
+    result = finetune(model=model, tokenizer=tokenizer, steps=3, lr=1e-3, precision="bf16", progress=False,
+                      out=tmp_path / "run", **what)  # fmt: skip
+    assert NOTE in result.summary.notes and result.summary.status == "completed"
+    assert result.config.precision == "bf16"
+    assert not model.get_output_embeddings()._forward_hooks
