@@ -15,16 +15,11 @@ import argparse
 import torch
 
 import phantomlens as pl
-from phantomlens.facts import tokenize_fact
 
 
 def fact_batch(tokenizer, facts: list[pl.Fact], pad_id: int) -> dict:
     """All facts as one right-padded batch, the loss on each target's tokens only."""
-    rows = []
-    for fact in facts:
-        tokenized = tokenize_fact(tokenizer, fact)
-        ids = [*tokenized.prompt_ids, *tokenized.target_ids]
-        rows.append((ids, [-100] * len(tokenized.prompt_ids) + list(tokenized.target_ids)))
+    rows = [(e["input_ids"], e["labels"]) for e in pl.fact_examples(tokenizer, facts)]
     width = max(len(ids) for ids, _ in rows)
     return {
         "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in rows]),

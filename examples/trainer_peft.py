@@ -20,25 +20,6 @@ from peft import LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 
 import phantomlens as pl
-from phantomlens.facts import tokenize_fact
-
-
-class FactDataset(torch.utils.data.Dataset):
-    """Each fact as prompt + target, with the loss on the target's tokens only."""
-
-    def __init__(self, tokenizer, facts: list[pl.Fact]):
-        self.items = []
-        for fact in facts:
-            tokenized = tokenize_fact(tokenizer, fact)
-            ids = [*tokenized.prompt_ids, *tokenized.target_ids]
-            labels = [-100] * len(tokenized.prompt_ids) + list(tokenized.target_ids)
-            self.items.append({"input_ids": ids, "labels": labels})
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.items[index]
 
 
 def collate(batch: list[dict], pad_id: int) -> dict:
@@ -77,7 +58,7 @@ def train(model, tokenizer, facts: list[pl.Fact], out: str, *, steps: int = 20, 
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=FactDataset(tokenizer, facts),
+        train_dataset=pl.fact_examples(tokenizer, facts),  # a list is a valid dataset
         processing_class=tokenizer,
         data_collator=lambda batch: collate(batch, pad_id),
         callbacks=[callback],

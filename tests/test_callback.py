@@ -289,3 +289,19 @@ def test_the_trainers_schedule_is_read_from_its_scheduler():
     factors = trainer_schedule(scheduler, 10, fallback=[1.0] * 10)
     assert factors[:3] == [0.0, 0.5, 1.0] and factors[-1] == pytest.approx(0.125)
     assert trainer_schedule(object(), 3, fallback=[1.0, 1.0, 1.0]) == [1.0, 1.0, 1.0]
+
+
+def test_quantities_choose_the_logged_scalars_and_the_table_fits_its_content(tmp_path, caplog):
+    model, tokenizer = make_tiny("llama")
+    stand_in = StandIn()
+    callback = PhantomCallback(FACTS, rule=never_stops(), quantities=["margin", "flipped"], export=False)
+    with caplog.at_level(logging.INFO, logger="phantomlens"):
+        trainer(model, tokenizer, tmp_path / "t", [stand_in, callback], steps=5).train()
+    logged = next(log for log in stand_in.logs if "phantom/river/margin" in log)
+    per_fact = {key.split("/")[-1] for key in logged if key.startswith("phantom/river/")}
+    assert per_fact == {"margin", "flipped"} and "phantom/all_flipped" in logged
+    table = next(r.message for r in caplog.records if "facts flipped" in r.message).splitlines()[1:]
+    starts = {line.index("→") for line in table[1:]}
+    assert len(starts) == 1  # the margin column lines up whatever the verdict's length
+    with pytest.raises(PhantomLensError, match="unknown quantities"):
+        PhantomCallback(FACTS, quantities=["margn"])

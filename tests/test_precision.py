@@ -42,3 +42,23 @@ def test_a_bf16_run_completes_and_says_so(facts, tmp_path):
     assert NOTE in result.summary.notes and result.summary.status == "completed"
     assert result.config.precision == "bf16"
     assert not model.get_output_embeddings()._forward_hooks
+
+
+def test_predict_for_a_bf16_run_says_what_it_misses_and_leaves_the_calibrations_domain():
+    from phantomlens import predict_critical_lr
+    from phantomlens.kappa import choose_kappa
+    from phantomlens.predict import BF16_NOTE
+    from phantomlens.settings import RunConfig
+
+    model, tokenizer = make_tiny("llama")
+    target, competitor = tiny_pair(model, tokenizer, TEXT)
+    what = {"context": TEXT, "target": target, "competitor": competitor, "mode": "lora"}
+    plain = predict_critical_lr(model=model, tokenizer=tokenizer, **what)
+    bf16 = predict_critical_lr(model=model, tokenizer=tokenizer, precision="bf16", **what)
+    assert plain.precision_note is None and bf16.precision_note == BF16_NOTE
+    assert bf16.margin_initial != plain.margin_initial  # m_0 measured as the bf16 run sees it
+    assert not model.get_output_embeddings()._forward_hooks
+    inside = choose_kappa(None, None, RunConfig(mode="lora"), "two-point", shipped=True)
+    outside = choose_kappa(None, None, RunConfig(mode="lora", precision="bf16"), "two-point", shipped=True)
+    assert inside.note.startswith("inside") and outside.value == 1.0
+    assert outside.note.startswith("outside") and "bf16" in outside.note

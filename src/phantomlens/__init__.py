@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from phantomlens.errors import PhantomLensError
     from phantomlens.factpredict import predict_facts
     from phantomlens.factrun import FactSetResult
-    from phantomlens.facts import Fact, load_facts
+    from phantomlens.facts import Fact, fact_examples, load_facts
     from phantomlens.models import load_model
     from phantomlens.predict import predict_critical_lr
     from phantomlens.probe import Probe
@@ -53,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     "analyze": "phantomlens.transitions",
     "builtin_contexts": "phantomlens.contexts",
     "classify_geometry": "phantomlens.classify",
+    "fact_examples": "phantomlens.facts",
     "finetune": "phantomlens.train",
     "load_facts": "phantomlens.facts",
     "load_model": "phantomlens.models",
@@ -81,6 +82,7 @@ __all__ = [
     "analyze",
     "builtin_contexts",
     "classify_geometry",
+    "fact_examples",
     "finetune",
     "load_facts",
     "load_model",

@@ -59,6 +59,7 @@ class PhantomCallback(*_trainer_callback_bases()):
         out: str | None = None,
         export: bool = True,
         predict: bool = False,
+        quantities: list[str] | None = None,
     ):
         self.contexts = context_specs(contexts)
         self.tokenizer = tokenizer
@@ -70,6 +71,15 @@ class PhantomCallback(*_trainer_callback_bases()):
         self.every, self.prefix, self.stop, self.center = every, prefix, stop, center
         self.micro_batch, self.out, self.export, self.predict = micro_batch, out, export, predict
         self.predictions: list | None = None
+        self.quantities = None if quantities is None else list(quantities)
+        if self.quantities is not None:
+            from phantomlens.probe import FACT_KEYS, QUANTITIES
+
+            unknown = sorted(set(self.quantities) - {*QUANTITIES, *FACT_KEYS})
+            if unknown:
+                raise PhantomLensError(
+                    f"unknown quantities {unknown}; choose from {', '.join([*QUANTITIES, *FACT_KEYS])}"
+                )
         self.secure_steps = 0
         self.stop_reason = ""
         self.recorder: FactProbe | None = None
@@ -103,6 +113,7 @@ class PhantomCallback(*_trainer_callback_bases()):
                 "out": self.out,
                 "export": self.export,
                 "predict": self.predict,
+                "quantities": self.quantities,
             },
             "attributes": {"secure_steps": self.secure_steps, "stop_reason": self.stop_reason},
         }
@@ -204,7 +215,7 @@ class PhantomCallback(*_trainer_callback_bases()):
         reason = self._stop_reason(step, readouts, secure, finite)
         observation = Observation(step, readouts, self.secure_steps, bool(reason), reason)
         self.history.append(observation)
-        self._pending = observation.scalars(self.prefix)
+        self._pending = observation.scalars(self.prefix, self.quantities)
         if not finite and not self._run.get("diverged_step"):
             self._run["diverged_step"] = step
         if reason and self.stop and step > 0:
@@ -224,6 +235,7 @@ class PhantomCallback(*_trainer_callback_bases()):
         return (
             f"flip secure at step {step}: every watched fact kept margin ≥ {self.rule.margin_safe} for "
             f"{self.rule.patience} consecutive observations (smallest now: {worst[0]} {worst[1].margin:+.2f})"
+            + self.rule.caveat
         )
 
     # -- the end ---------------------------------------------------------------------------------------

@@ -267,13 +267,22 @@ def trainer_name(args) -> str:
 def tell(result, out: Path | None) -> None:
     """The verdict table in the log; a warning that names the silent failures."""
     summary = result.summary
-    lines = [f"{'fact':<28} {'verdict':<11} {'margin start → end':>22}  flip step"]
+    rows = [("fact", "verdict", "margin start → end", "flip step")]
+    branch_end = result.trajectory.sort_values("step").groupby("fact")["margin_branch"].last()
     for fact in summary.facts:
-        verdict = "flipped" if fact.outcome == "success" else fact.outcome
-        verdict += " (silent)" if fact.silent else ""
+        verdict = ("flipped" if fact.outcome == "success" else fact.outcome) + (
+            " (silent)" if fact.silent else ""
+        )
+        if fact.outcome != "success" and branch_end.get(fact.name, 0.0) > 0:
+            # The first differing token is won; the answer still loses on its later tokens, where the
+            # branch-position readout (and so kinematic/structural) does not look.
+            verdict += ", branch token won, later tokens lose"
         flip = "-" if fact.flip_step is None else str(fact.flip_step)
-        margins = f"{fact.margin_initial:+10.3f} → {fact.margin_final:+8.3f}"
-        lines.append(f"{fact.name[:28]:<28} {verdict:<11} {margins}  {flip}")
+        rows.append((fact.name, verdict, f"{fact.margin_initial:+.3f} → {fact.margin_final:+.3f}", flip))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     where = f"; run directory {out} (phantomlens analyze/report read it)" if out else ""
     failed = summary.n_facts - summary.n_flipped
     level = logging.WARNING if failed else logging.INFO

@@ -235,3 +235,19 @@ def chat_prompt(tokenizer, text: str) -> str:
         )
     messages = [{"role": "user", "content": text}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def fact_examples(tokenizer, facts: list[Fact]) -> list[dict[str, list[int]]]:
+    """Training examples for your own loop: each fact as ``input_ids`` (prompt + target) and
+    ``labels`` (-100 on the prompt, so the loss is the target's tokens only), tokenised exactly as
+    the probe and the callback read the fact. Pad them with your collator."""
+    examples = []
+    for fact in facts:
+        tokenized = tokenize_fact(tokenizer, fact)
+        examples.append(
+            {
+                "input_ids": [*tokenized.prompt_ids, *tokenized.target_ids],
+                "labels": [-100] * len(tokenized.prompt_ids) + list(tokenized.target_ids),
+            }
+        )
+    return examples

@@ -48,6 +48,7 @@ def shipped_calibration() -> dict:
 def run_point(config, factors: list[float] | None = None) -> dict:
     """The run's coordinates in a calibration's domain (``factors``: an explicit schedule)."""
     point = {key: getattr(config, key) for key in DOMAIN_KEYS}
+    point["precision"] = getattr(config, "precision", "fp32")  # every stored sweep trained in fp32
     if factors is not None:
         point.update(schedule="explicit", steps=len(factors), factors=list(factors))
     return point
@@ -136,6 +137,8 @@ def _inside(point: dict, fitted: dict) -> bool:
     """
     if point["mode"] != fitted["mode"] or point["optimizer"] != fitted["optimizer"]:
         return False
+    if point.get("precision", "fp32") != fitted.get("precision", "fp32"):
+        return False
     if point["schedule"] == "explicit":
         from phantomlens.session import schedule_factors
 
@@ -155,7 +158,8 @@ def _point_words(point: dict) -> str:
     if schedule == "explicit":
         return f"{point['mode']}/{point['optimizer']}, an explicit schedule, T = {point['steps']}"
     warmup = "" if schedule == "constant" else f", warm-up {point['warmup_fraction']:g}"
-    return f"{point['mode']}/{point['optimizer']}, {schedule}, T = {point['steps']}{warmup}"
+    precision = "" if point.get("precision", "fp32") == "fp32" else f", {point['precision']}"
+    return f"{point['mode']}/{point['optimizer']}, {schedule}, T = {point['steps']}{warmup}{precision}"
 
 
 def _domain_words(domains) -> str:

@@ -39,6 +39,7 @@ import torch
 from phantomlens.errors import PhantomLensError
 from phantomlens.forward import last_token_logits
 from phantomlens.kappa import KappaChoice, choose_kappa
+from phantomlens.precision import mixed_precision
 from phantomlens.results import VARIANTS, Prediction
 from phantomlens.session import load_for_run, prepare_model, resolve_run_context, schedule_factors
 from phantomlens.settings import DEFAULT_LR, MAX_STEPS, RunConfig
@@ -356,6 +357,17 @@ def predict_critical_lr(
     return _predict_context(config, model, tokenizer, request, schedule)
 
 
+BF16_NOTE = (
+    "bf16: the forward rounds every weight to bfloat16 (about 3 significant digits), so updates much "
+    "smaller than that rounding (full fine-tuning at LRs near 1e-6) barely reach the model's output; the "
+    "prediction's step model is fp32 arithmetic and can be far too low (measure with a run)"
+)
+
+
+def precision_note(config: RunConfig) -> str | None:
+    return BF16_NOTE if config.precision == "bf16" else None
+
+
 def _predict_context(config, model, tokenizer, request: _Request, schedule: list[float]) -> Prediction:
     """A single-token context: every variant measured, the chosen one the headline."""
     spec = resolve_run_context(config, tokenizer, model)
@@ -367,6 +379,7 @@ def _predict_context(config, model, tokenizer, request: _Request, schedule: list
         **_run_fields(config, request, schedule),
         variant=chosen,
         variant_note=note,
+        precision_note=precision_note(config),
         eta_c_first_order=measured.first_order,
         eta_c_simulated=measured.simulated,
         eta_c_two_point=measured.two_point,
@@ -479,6 +492,7 @@ def _predict_fact(config, model, tokenizer, fact, request: _Request, schedule: l
         **_run_fields(config, request, schedule),
         variant="first-order",
         variant_note=None if request.variant else FACT_VARIANT_NOTE,
+        precision_note=precision_note(config),
         eta_c_first_order=record.eta_c_single,
         eta_c_simulated=None,
         eta_c_two_point=None,
@@ -513,7 +527,7 @@ def _measure(model, config, spec, factors: list[float]) -> Measured:
         with dependency_noise_off():  # PEFT's deprecation notices are not the user's business
             probe = prepare_model(probe, config)
         probe.eval()
-        with torch.enable_grad():
+        with torch.enable_grad(), mixed_precision(probe, config.precision):
             zero = step_zero(probe, spec.input_ids, spec.target_id, spec.competitor_id, config.optimizer)
         measured = Measured(zero, None, None, None, None, None, dict(PASSES["first-order"]))
         if zero.margin >= 0:
@@ -523,9 +537,10 @@ def _measure(model, config, spec, factors: list[float]) -> Measured:
             first_order = -zero.margin / (zero.velocity * sum(factors))
             measured.first_order = first_order
             measured.simulated = simulated_critical_lr(zero, factors, config.optimizer, first_order)
-            measured.two_point, measured.velocity_mid, measured.quadratic = two_point_critical_lr(
-                probe, spec.input_ids, zero, spec.competitor_id, factors, config.optimizer, first_order
-            )
+            with mixed_precision(probe, config.precision):
+                measured.two_point, measured.velocity_mid, measured.quadratic = two_point_critical_lr(
+                    probe, spec.input_ids, zero, spec.competitor_id, factors, config.optimizer, first_order
+                )
         del probe
     finally:
         torch.set_rng_state(rng)

@@ -31,6 +31,8 @@ from phantomlens.factset import FactBatch, forward_chunk
 from phantomlens.readout import Readout, evaluation, last_token_logits, output_embedding, readout_from_logits
 from phantomlens.settings import ReadoutConfig, StopRule
 
+#: Scalars every watched item logs, in order.
+QUANTITIES = ("margin", "p_target", "p_competitor", "phi", "signal", "drag", "loss", "rank_target", "flipped")
 #: Scalars a fact logs on top of a context's: its sequence terms and the branch-position margin.
 FACT_KEYS = ("logp_target", "logp_competitor", "margin_branch", "loss_branch")
 
@@ -55,17 +57,15 @@ class Observation:
     should_stop: bool
     reason: str = ""
 
-    def scalars(self, prefix: str = "phantom") -> dict[str, float]:
-        """Namespaced scalars for a logger: ``phantom/<context or fact>/<quantity>``."""
+    def scalars(self, prefix: str = "phantom", quantities: list[str] | None = None) -> dict[str, float]:
+        """Namespaced scalars for a logger: ``phantom/<context or fact>/<quantity>`` (every quantity,
+        or only ``quantities``), then the set's ``all_flipped`` and ``secure_steps``."""
         out: dict[str, float] = {}
         for name, r in self.readouts.items():
-            for key in ("margin", "p_target", "p_competitor", "phi", "signal", "drag", "loss"):
-                out[f"{prefix}/{name}/{key}"] = float(getattr(r, key))
-            out[f"{prefix}/{name}/rank_target"] = float(r.rank_target)
-            out[f"{prefix}/{name}/flipped"] = float(r.margin > 0)
-            if isinstance(r, BranchReadout):  # facts only, so a context's scalars stay as they were
-                for key in FACT_KEYS:
-                    out[f"{prefix}/{name}/{key}"] = float(getattr(r, key))
+            keys = [*QUANTITIES, *(FACT_KEYS if isinstance(r, BranchReadout) else ())]
+            for key in keys if quantities is None else [k for k in keys if k in quantities]:
+                value = r.margin > 0 if key == "flipped" else getattr(r, key)
+                out[f"{prefix}/{name}/{key}"] = float(value)
         out[f"{prefix}/all_flipped"] = float(all(r.margin > 0 for r in self.readouts.values()))
         out[f"{prefix}/secure_steps"] = float(self.secure_steps)
         return out
@@ -237,9 +237,7 @@ class Probe:
             if fact is None
         }
         facts = [tokenize_fact(tokenizer, fact) for _, fact in as_facts if fact is not None]
-        self.facts = (
-            FactProbe(model, facts, center=center, micro_batch=micro_batch) if facts else None
-        )
+        self.facts = FactProbe(model, facts, center=center, micro_batch=micro_batch) if facts else None
         self._check_names()
         self.secure_steps = 0
         self.history: list[Observation] = []
@@ -287,7 +285,7 @@ class Probe:
             reason = (
                 f"flip secure at step {step}: every {watched} kept margin ≥ {self.rule.margin_safe} "
                 f"for {self.rule.patience} consecutive observations "
-                f"(smallest now: {worst[0]} {worst[1].margin:+.2f})"
+                f"(smallest now: {worst[0]} {worst[1].margin:+.2f}){self.rule.caveat}"
             )
         observation = Observation(step, readouts, self.secure_steps, stop, reason)
         self.history.append(observation)

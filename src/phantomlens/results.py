@@ -449,6 +449,7 @@ class Prediction(StoredResult):
     eta_recommended: float | None = newer()  # smallest η: final margin ≥ margin_safe at κ·e^−σ
     two_point_quadratic: float | None = newer()  # G·Σ s_t P_t: m_T = m_0 + η·A·Σs + η²·this (κ = 1)
     margin_curve: dict[str, list[float]] | None = newer()  # predicted final margin per LR (--plot)
+    precision_note: str | None = newer()  # a bf16 run: what the fp32 arithmetic of the prediction misses
 
     def validate(self) -> None:
         if self.margin_curve is not None and (

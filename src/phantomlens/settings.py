@@ -78,6 +78,12 @@ class StopRule(JsonConfig):
         3, "early stopping: consecutive observations the margin must hold", check=at_least(1)
     )
 
+    @property
+    def caveat(self) -> str:
+        """What a stop reason must add when ``margin_safe`` ≤ 0: 'secure' then includes contexts
+        whose target has not overtaken its competitor (allowed: it makes the rule's mechanics testable)."""
+        return "" if self.margin_safe > 0 else " (margin_safe ≤ 0: this counts unflipped targets as secure)"
+
     def secure(self, margins: Iterable[float]) -> bool:
         """Whether one observation is secure: every watched margin ≥ margin_safe (NaN is not)."""
         return all(m >= self.margin_safe for m in margins)

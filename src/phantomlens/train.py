@@ -60,9 +60,8 @@ class TrainingLoop:
         from phantomlens.probe import Probe
 
         spec = self.spec
-        watched = [
-            {"name": "context", "text": spec.text, "target": spec.target, "competitor": spec.competitor}
-        ]
+        name = self.config.context if self.config.context and self.config.context != spec.text else "context"
+        watched = [{"name": name, "text": spec.text, "target": spec.target, "competitor": spec.competitor}]
         return Probe(self.model, self.tokenizer, watched, self.config.stop)
 
     def run(self, bar) -> Outcome:
@@ -100,7 +99,8 @@ class TrainingLoop:
         if self.stop_probe is not None:
             from phantomlens.readout import Readout
 
-            observation = self.stop_probe.record(step, {"context": Readout.from_dict(row)})
+            name = self.stop_probe.specs[0]["name"]
+            observation = self.stop_probe.record(step, {name: Readout.from_dict(row)})
             reason = observation.reason if observation.should_stop else ""
         if not reason and self.step_callback is not None and self.step_callback(step, row):
             reason = "step_callback asked to stop"
