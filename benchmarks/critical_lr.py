@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from phantomlens.results import load_sweep_records
-from tools.fmt import DASH, SHARED_CPU, add_seconds, device_times, fmt, missing, pct
+from tools.fmt import DASH, MACHINES, SHARED_CPU, add_seconds, device_times, fmt, missing, pct
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -309,6 +309,7 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
         "cost": cost_by_sweep(frame),
         "lora_sufficiency": lora,
         "range_test": range_errors(frame),
+        "root_search": _root_search(),
         "per_context": per_run,
     }
     write_json_atomic(RESULTS / "critical_lr.json", result)
@@ -388,7 +389,9 @@ def intro_lines(result: dict) -> list[str]:
         " every number below is in that file. Sweeps are stored under `benchmarks/results/sweeps/`.*",
         "",
         "η_c is the smallest peak LR at which a run ends in `success` (flip held at the end of the",
-        f"budget), measured by bracketing and bisection in log-LR to {tolerance:.0%} (`phantomlens sweep`).",
+        f"budget), measured to {tolerance:.0%} by `phantomlens sweep`: the stored sweeps below bracket and "
+        "bisect in log-LR (`--search bisect`); a sweep now root-finds each run's final margin instead "
+        "(`--search root`, the default; see *Root search* below).",
         "Three predictions (`phantomlens predict --variant ...`, all computed on every call), each "
         "divided by its own fitted κ:",
         "",
@@ -599,6 +602,122 @@ def cost_and_range_lines(result: dict) -> list[str]:
     ]
 
 
+def _root_search() -> dict | None:
+    """What docs/critical-lr.md shows of benchmarks/results/root_search.json (None: not run yet)."""
+    path = RESULTS / "root_search.json"
+    if not path.is_file():
+        return None
+    found = json.loads(path.read_text())
+    by_sweep = {
+        name: s["two-point/root"] | {"bisect": s["two-point/bisect"]} for name, s in found["by_sweep"].items()
+    }
+    stored = [r["stored"]["runs"] for rows in found["contexts"].values() for r in rows]
+    return {
+        "summary": found["summary"],
+        "by_sweep": by_sweep,
+        "stored_median_runs": float(np.median(stored)),
+        "live": found.get("live"),
+        "tolerance": found["tolerance"],
+    }
+
+
+ROOT_SEARCH_STARTS = {
+    "two-point": "two-point κ = 1 (a sweep's start now)",
+    "simulated": "simulated κ = 1 (the start before)",
+    "first-order": "first-order κ = 1",
+}
+
+
+def root_search_lines(result: dict) -> list[str]:
+    found = result.get("root_search")
+    lines = [
+        "",
+        "## Root search: η_c in about four runs",
+        "",
+        "A run's final margin m_T(η) is a continuous function of the peak LR whose zero is η_c, so "
+        "`phantomlens sweep` (`--search root`, the default) root-finds it in log-LR instead of "
+        "bisecting a pass/fail outcome. It starts at the κ = 1 prediction (two-point, else "
+        "simulated) and fits the gain y = ln((m_T − m_0)/(−m_0)), which has the margin's sign and is "
+        "close to linear in ln η when m_T − m_0 grows as a power of η (m_0: the margin before "
+        "training): a parabola through the three runs nearest the bracket, a secant through two, "
+        "and from one run alone a line in η from m_0. Each run is aimed at the estimated root, or one "
+        "tolerance from a bracket end when the root lies within that, so that it closes the bracket; "
+        "a diverged run counts as too high, and where interpolation is poor (no estimate inside "
+        "the bracket, the margin and the gain disagreeing, the margin not halving from one side) "
+        "it bisects. It stops, as bisection does, when a run that did not flip and one that did "
+        "are within the tolerance, and η_c is, as there, the lowest LR that flipped: both ends of "
+        "the answer are runs. The search is a pure function of the stored runs "
+        "(resumable); `--search bisect` keeps the bisection. The results table records which "
+        "search the runs are the path of (`search`) and the runs it used for η_c (`runs_eta_c`).",
+        "",
+    ]
+    if not found:
+        return [*lines, "Not yet measured: `python -m benchmarks.root_search`."]
+    return [*lines, *_replay_lines(found), *_live_lines(found)]
+
+
+def _replay_lines(found: dict) -> list[str]:
+    rows = [
+        f"| {ROOT_SEARCH_STARTS[key.split('/')[0]]} | {key.split('/')[1]} | {s['contexts']} | "
+        f"{s['median_runs']:g} | {s['mean_runs']:.2f} | {s['max_runs']} | {s['agree']}/{s['contexts']} |"
+        for key, s in found["summary"].items()
+    ]
+    sweeps = [
+        f"| {name} | {s['median_runs']:g} ({s['mean_runs']:.2f}, max {s['max_runs']}) | "
+        f"{s['bisect']['median_runs']:g} | {s['agree']}/{s['contexts']} |"
+        for name, s in found["by_sweep"].items()
+    ]
+    inside = found["summary"]["two-point/root"]
+    return [
+        "**Replay on the stored sweeps** (`python -m benchmarks.root_search`): no new training. Each "
+        "context's m_T(η) is interpolated from its stored bisection runs (a monotone cubic in ln η "
+        "through them; a line in η from m_0 below them and through the last two above), and both "
+        "searches are driven on that curve. *Agree*: the search's η_c within "
+        f"{found['tolerance']:.0%} of the stored η_c and its bracket overlapping the stored one. The "
+        f"stored sweeps themselves took a median {found['stored_median_runs']:g} runs.",
+        "",
+        "| start | search | contexts | median runs | mean | max | agree |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "| sweep (two-point start) | root: median runs (mean, max) | bisect: median runs | agree |",
+        "|---|---|---|---|",
+        *sweeps,
+        "",
+        f"Strictly inside the stored bracket: {inside['inside_stored']}/{inside['contexts']}. Both "
+        "searches report the lowest LR that flipped, each less than the tolerance above the true "
+        "η_c, so one lands inside the other's bracket only when it happens to fall lower; that is "
+        "why agreement is judged within the tolerance.",
+    ]
+
+
+def _live_lines(found: dict) -> list[str]:
+    live = found.get("live")
+    if not live:
+        return ["", "Not yet run for real: `python -m benchmarks.root_search --live 3`."]
+    runs = [r["runs"] for r in live]
+    rows = [
+        f"| {r['context']} | {r['runs']} | {r['eta_c']:.4g} | {r['bracket'][0]:.4g}–{r['bracket'][1]:.4g} | "
+        f"{r['stored']['eta_c']:.4g} | {r['stored']['runs']} | {r['ratio_to_stored'] - 1:+.2%} | "
+        f"{'yes' if r['agrees'] else '**no**'} |"
+        for r in live
+    ]
+    stored = [r["stored"]["runs"] for r in live]
+    seconds = sum(r["wall_time_s"] for r in live)
+    device = MACHINES.get((live[0].get("device") or "cpu").split(":")[0], live[0].get("device"))
+    return [
+        "",
+        f"**For real** (`--live {len(live)}`: SmolLM2-135M LoRA, T = 50, cosine, AdamW, seed 0, on "
+        f"{device}, the stored predictions reused; runs in `benchmarks/results/sweeps-root/`): a "
+        f"median {float(np.median(runs)):g} runs per context where the stored bisection took "
+        f"{float(np.median(stored)):g}; {seconds:.0f} s of runs in all (the CPU shared with other jobs).",
+        "",
+        "| context | runs | η_c | bracket | stored η_c (bisection) | its runs | difference | agree |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def _fraction_words(fraction: float) -> str:
     return {0.5: "half", 1.0: "all", 0.25: "a quarter"}.get(fraction, f"{fraction:.0%}")
 
@@ -662,6 +781,7 @@ def write_doc(result: dict) -> None:
         context_lines,
         kappa_and_blind_lines,
         cost_and_range_lines,
+        root_search_lines,
         class_table_lines,
         time_lines,
     )

@@ -305,3 +305,62 @@ def test_quantities_choose_the_logged_scalars_and_the_table_fits_its_content(tmp
     assert len(starts) == 1  # the margin column lines up whatever the verdict's length
     with pytest.raises(PhantomLensError, match="unknown quantities"):
         PhantomCallback(FACTS, quantities=["margn"])
+
+
+def test_hostile_settings_are_refused_before_any_step_or_recorded_plainly(tmp_path):
+    model, tokenizer = make_tiny("llama")
+    out = tmp_path / "t"
+    own_dir = trainer(model, tokenizer, out, [PhantomCallback(FACTS, out=str(out))], steps=2)
+    with pytest.raises(PhantomLensError, match="would replace the Trainer's output_dir"):
+        own_dir.train()
+    no_lr = trainer(model, tokenizer, tmp_path / "z", [PhantomCallback(FACTS)], steps=2, lr=0.0)
+    with pytest.raises(PhantomLensError, match="settings cannot be recorded"):
+        no_lr.train()
+    assert own_dir.state.global_step == no_lr.state.global_step == 0
+    callback = PhantomCallback(FACTS, rule=never_stops())
+    trainer(model, tokenizer, tmp_path / "w", [callback], steps=3, lr_scheduler_type="cosine_with_restarts",
+            warmup_steps=10).train()  # fmt: skip
+    notes = callback.result.summary.notes
+    assert any("cosine_with_restarts is recorded as constant" in n for n in notes)
+    assert any("warm-up covers every step" in n for n in notes)
+    for bad, message in [
+        ({"contexts": None}, "must be a list"),
+        ({"contexts": [None]}, "watched item 1"),
+        ({"contexts": [("a",)]}, "watched item 1"),
+        ({"contexts": [{"prompt": "x"}]}, "watched item 1"),
+        ({"contexts": FACTS, "rule": "garbage"}, "rule must be a StopRule"),
+        ({"contexts": FACTS, "every": 1.5}, "every must be a whole number"),
+    ]:
+        with pytest.raises(PhantomLensError, match=message):
+            PhantomCallback(**bad)
+
+
+def test_a_blown_up_run_is_diverged_and_a_reused_callback_starts_afresh(tmp_path):
+    model, tokenizer = make_tiny("llama")
+    callback = PhantomCallback(FACTS, rule=never_stops())
+    trainer(model, tokenizer, tmp_path / "a", [callback], steps=6, lr=1e3).train()
+    assert callback.result.summary.status == "diverged" and "cut-off" in callback.stop_reason
+    model, _ = make_tiny("llama")
+    trainer(model, tokenizer, tmp_path / "b", [callback], steps=3, lr=1e-4).train()
+    assert [o.step for o in callback.history] == [0, 1, 2, 3]
+    assert callback.result.summary.status == "completed" and callback.stop_reason == ""
+    assert FactSetResult.load(tmp_path / "b" / "phantomlens").summary.steps_completed == 3
+
+
+def test_resuming_from_a_moved_checkpoint_or_with_other_facts(tmp_path):
+    import shutil
+
+    model, tokenizer = make_tiny("llama")
+    out = tmp_path / "first"
+    saving = {"save_strategy": "steps", "save_steps": 4}
+    trainer(model, tokenizer, out, [PhantomCallback(FACTS, rule=never_stops())], steps=4, **saving).train()
+    moved = tmp_path / "elsewhere" / "my-checkpoint"
+    shutil.copytree(out / "checkpoint-4", moved)
+    for watched, steps in ((FACTS, list(range(7))), (FACTS[:1], [4, 5, 6])):
+        model, _ = make_tiny("llama")
+        callback = PhantomCallback(watched, rule=never_stops())
+        second = trainer(model, tokenizer, tmp_path / f"second{len(watched)}", [callback], steps=6)
+        second.train(resume_from_checkpoint=str(moved))
+        assert sorted(callback.result.trajectory["step"].unique()) == steps
+        FactSetResult.load(tmp_path / f"second{len(watched)}" / "phantomlens")  # consistent on disk
+    assert any("other facts" in n for n in callback.result.summary.notes)

@@ -360,10 +360,27 @@ def test_analyze_of_a_fact_set_run_is_guarded_too(tmp_path, capsys):
              out=tmp_path / "run", progress=False)  # fmt: skip
     run = tmp_path / "run"
     code, stdout, _ = run_cli(capsys, "analyze", run)
-    assert code == 0 and "unchanged" in stdout and "overview.png redrawn" in stdout
+    assert code == 0 and "unchanged" in stdout and "already hold this analysis; nothing written" in stdout
+    assert "\nwritten" not in stdout  # nothing was: one line says what happened, not two that disagree
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     code, _, stderr = run_cli(capsys, "analyze", run, "--phantom-fraction", "0.5")
     assert code == 2 and "would change the stored" in stderr
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
-    assert run_cli(capsys, "analyze", run, "--phantom-fraction", "0.5", "--overwrite")[0] == 0
+    code, stdout, _ = run_cli(capsys, "analyze", run, "--phantom-fraction", "0.5", "--overwrite")
+    assert code == 0 and "unchanged" not in stdout
+    written = [line for line in stdout.splitlines() if line.startswith("written")]
+    assert len(written) == 1 and written[0].startswith(
+        f"written   events.json, summary.json and overview.png in {run} (the stored analysis replaced: "
+    )
     assert json.loads((run / "summary.json").read_text())["analysis_thresholds"]["phantom_fraction"] == 0.5
+
+
+def test_negative_numbers_with_an_exponent_are_values_not_flags(capsys):
+    from phantomlens.cli import build_parser
+
+    parser = build_parser()
+    for text, value in [("-1e9", -1e9), ("-1", -1.0), ("-.5", -0.5), ("-2.5E-3", -2.5e-3)]:
+        assert parser.parse_args(["predict", "--margin-safe", text]).margin_safe == value
+    assert parser.parse_args(["sweep", "--out", "s", "--grid", "1e-3", "-1e-2"]).grid == [1e-3, -1e-2]
+    code, _, stderr = run_cli(capsys, "predict", "--margin-safe", "-inf")  # refused for what it is
+    assert code == 2 and stderr == "error: margin_safe must be a finite number, got -inf\n"

@@ -108,7 +108,8 @@ def test_every_stored_config_loads():
     for path in sweeps:
         stored = json.loads(path.read_text())
         config = SweepConfig.from_dict(stored)
-        assert config.run.model == stored["model"] and config.run.steps == stored["steps"], path
+        run = stored.get("run", stored)  # grouped (written now) or flat (before)
+        assert config.run.model == run["model"] and config.run.steps == run["steps"], path
 
 
 def _parse(*argv: str):

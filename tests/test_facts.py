@@ -176,3 +176,22 @@ def test_contexts_lists_a_fact_file(tiny_dir, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text("{oops\n")
     assert main(["contexts", "--model", str(tiny_dir), "--facts", str(tmp_path / "bad.jsonl")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_errors_quote_at_most_a_line_of_the_users_own_text(tmp_path, tiny_dir, capsys):
+    from phantomlens.cli import main
+    from phantomlens.errors import QUOTE_LIMIT, short
+
+    words = " ".join(f"word{i}" for i in range(500))
+    assert short(words) == repr(words[: QUOTE_LIMIT - 1] + "…") and short("guilt") == "'guilt'"
+    with pytest.raises(PhantomLensError) as info:
+        tokenize_fact(tiny_tokenizer(), Fact(words, words, "guilt"))
+    message = str(info.value)
+    assert "word0 word1" in message and "…" in message and len(message) < 3 * QUOTE_LIMIT + 100
+    with pytest.raises(PhantomLensError, match="same answer") as info:
+        Fact(PROMPT, words, words)
+    assert len(str(info.value)) < QUOTE_LIMIT + 60
+    write_jsonl(tmp_path / "f.jsonl", [{"prompt": PROMPT, "target": words, "competitor": "guilt"}])
+    assert main(["contexts", "--model", str(tiny_dir), "--facts", str(tmp_path / "f.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: fact 'She felt") and "word0" in err and len(err) < 3 * QUOTE_LIMIT + 100

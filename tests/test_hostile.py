@@ -121,6 +121,8 @@ def test_a_read_only_output_is_refused_before_training(readonly_dir, capsys, no_
         (["sweep", "--out", "s", "--workers", "-1"], "workers must be at least 1"),
         (["sweep", "--out", "s", "--grid", "1e-3", "inf"], "grid must be a positive finite"),
         (["predict", "--kappa", "nan"], "kappa must be a positive number"),
+        (["predict", "--kappa", "1e-300"], "kappa must be a positive number from 0.001 to 1000"),
+        (["predict", "--kappa", "1e9"], "kappa must be a positive number from 0.001 to 1000"),
     ],
 )
 def test_invalid_numbers_are_refused(tmp_path, capsys, monkeypatch, no_training, argv, expected):
@@ -219,6 +221,7 @@ def test_a_summary_that_is_a_list_and_a_parquet_without_columns(stored_run, caps
     pd.DataFrame({"step": [0, 1]}).to_parquet(stored_run / "trajectory.parquet")
     line = one_error_line(capsys, "analyze", stored_run)
     assert "trajectory.parquet" in line and "margin" in line
+    assert line.endswith("columns lr, margin, loss, phi and 15 more")  # not all 19 of them
 
 
 def test_a_sweep_without_its_settings_file_still_refuses_other_settings(tmp_path, capsys):
@@ -362,3 +365,120 @@ def test_a_calibration_with_a_bad_kappa_is_refused_before_loading(tmp_path, caps
     path.write_text('{"kappa": {"full/adamw/first-order": {"value": ' + kappa + "}}}")
     line = one_error_line(capsys, "predict", "--calibration", path)
     assert "must be a positive number" in line and str(path) in line
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.fixture
+def refuses_new_files(monkeypatch):
+    """Make chosen folders refuse new files, as a read-only mount does even for root (whom chmod
+    does not stop): every phantomlens write starts with a temporary file in the target folder."""
+    import errno
+    import tempfile
+
+    refusing: set[Path] = set()
+
+    def guarded(make):
+        def make_unless_refused(*args, **kwargs):
+            folder = kwargs.get("dir")
+            if folder is not None and Path(folder).resolve() in refusing:
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
+            return make(*args, **kwargs)
+
+        return make_unless_refused
+
+    monkeypatch.setattr(tempfile, "mkstemp", guarded(tempfile.mkstemp))
+    monkeypatch.setattr(tempfile, "TemporaryFile", guarded(tempfile.TemporaryFile))
+    return lambda folder: refusing.add(Path(folder).resolve())
+
+
+def test_an_unchanged_analysis_of_a_read_only_run_writes_nothing(stored_run, capsys, refuses_new_files):
+    assert main(["analyze", str(stored_run)]) == 0  # draws the figure the copy was made without
+    capsys.readouterr()
+    refuses_new_files(stored_run)
+    before = _files(stored_run)
+    assert main(["analyze", str(stored_run)]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == "" and "jumps" in printed.out
+    assert "already hold this analysis; nothing written" in printed.out
+    assert main(["analyze", str(stored_run), "--json"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == "" and "n_jumps" in json.loads(printed.out)
+    assert _files(stored_run) == before
+
+
+def test_a_read_only_run_that_needs_writing_is_refused_before_any_run_is_written(
+    stored_run, tmp_path, capsys, refuses_new_files
+):
+    import shutil
+
+    writable = tmp_path / "writable"
+    shutil.copytree(stored_run, writable)
+    for run in (writable, stored_run):
+        (run / "events.json").unlink()  # a run stored without its analysis: analyze must write one
+    refuses_new_files(stored_run)
+    before = {run: _files(run) for run in (writable, stored_run)}
+    line = one_error_line(capsys, "analyze", writable, stored_run)
+    assert line.startswith(f"error: {stored_run}: cannot write trajectory.png, events.json there")
+    assert "read-only file system" in line and ".tmp" not in line
+    assert {run: _files(run) for run in (writable, stored_run)} == before
+
+
+def test_a_run_made_read_only_by_chmod_is_analysed_without_writing(stored_run, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions (refuses_new_files covers root)")
+    assert main(["analyze", str(stored_run)]) == 0
+    capsys.readouterr()
+    stored_run.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        assert main(["analyze", str(stored_run)]) == 0
+        assert "nothing written" in capsys.readouterr().out
+    finally:
+        stored_run.chmod(stat.S_IRWXU)
+
+
+def test_a_file_given_as_a_run_directory_names_its_folder(stored_run, capsys):
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.factrun import FactSetResult
+
+    summary = stored_run / "summary.json"
+    line = one_error_line(capsys, "analyze", summary)
+    assert line == f"error: {summary} is a file, not a run directory (give its folder {stored_run})"
+    with pytest.raises(PhantomLensError, match="is a file, not a run directory"):
+        FactSetResult.load(summary)
+
+
+def test_a_directory_where_a_file_belongs_is_said_plainly(stored_run, tmp_path, capsys, no_training):
+    line = one_error_line(capsys, "predict", "--calibration", tmp_path)
+    assert line == f"error: calibration file {tmp_path} is a directory; give the file itself"
+    trajectory = stored_run / "trajectory.parquet"
+    trajectory.unlink()
+    trajectory.mkdir()
+    line = one_error_line(capsys, "analyze", stored_run)
+    assert line == f"error: {trajectory} is a directory, not a parquet file"
+
+
+def test_a_fact_set_trajectory_that_is_a_directory_or_lacks_columns(tmp_path, capsys):
+    import pandas as pd
+    from tiny_models import make_tiny
+
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.factresults import check_fact_trajectory
+    from phantomlens.facts import Fact
+    from phantomlens.settings import RunConfig
+    from phantomlens.train import finetune
+
+    model, tokenizer = make_tiny("gpt2")
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(json.dumps(Fact("The river flows into the", "sea and the", "ocean", "multi").to_dict()))
+    run = tmp_path / "run"
+    finetune(RunConfig(facts=str(facts), lr=1e-2, steps=2), model=model, tokenizer=tokenizer, out=run,
+             progress=False)  # fmt: skip
+    (run / "trajectory.parquet").unlink()
+    (run / "trajectory.parquet").mkdir()
+    line = one_error_line(capsys, "analyze", run)
+    assert line == f"error: {run / 'trajectory.parquet'} is a directory, not a parquet file"
+    with pytest.raises(PhantomLensError, match=r"columns lr, margin, loss, phi and \d+ more$"):
+        check_fact_trajectory(pd.DataFrame({"step": [0]}), run / "t.parquet", ["multi"])

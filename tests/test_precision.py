@@ -62,3 +62,18 @@ def test_predict_for_a_bf16_run_says_what_it_misses_and_leaves_the_calibrations_
     outside = choose_kappa(None, None, RunConfig(mode="lora", precision="bf16"), "two-point", shipped=True)
     assert inside.note.startswith("inside") and outside.value == 1.0
     assert outside.note.startswith("outside") and "bf16" in outside.note
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_a_bf16_run_sees_its_own_updates_and_tracks_fp32(mode):
+    def margins(precision):
+        model, tokenizer = make_tiny("llama")
+        target, competitor = tiny_pair(model, tokenizer, TEXT)
+        what = {"context": TEXT, "target": target, "competitor": competitor, "mode": mode}
+        result = finetune(model=model, tokenizer=tokenizer, steps=4, lr=1e-2, schedule="constant",
+                          precision=precision, progress=False, **what)  # fmt: skip
+        return result.trajectory["margin"].to_numpy()
+
+    fp32, bf16 = margins("fp32"), margins("bf16")
+    assert abs(bf16[-1] - bf16[0]) > 0.5 * abs(fp32[-1] - fp32[0]) > 0  # it trains, as fp32 does
+    assert abs(bf16[-1] - fp32[-1]) < 0.25 * abs(fp32[-1] - fp32[0])

@@ -478,3 +478,107 @@ def test_when_two_point_has_no_root_the_default_falls_back_to_first_order(monkey
     assert p.kappa_source.endswith("[full/adamw/first-order]") and p.eta_c == p.eta_c_first_order / p.kappa
     asked = predict_critical_lr(model=model, tokenizer=tokenizer, variant="two-point", **ctx)
     assert asked.eta_c is None and asked.variant == "two-point" and "no root" in asked.variant_note
+
+
+def test_the_use_line_allows_for_kappas_spread_only_when_there_is_one():
+    from phantomlens.cli import _prediction_lines
+
+    model, tokenizer, ctx = setup()
+    spread = predict_critical_lr(model=model, tokenizer=tokenizer, mode="lora", **ctx)
+    none = predict_critical_lr(model=model, tokenizer=tokenizer, mode="lora", kappa=1.0, **ctx)
+    assert spread.kappa_log_std and none.kappa_log_std is None
+    with_spread, without = (
+        next(x for x in _prediction_lines(p) if x.startswith("use")) for p in (spread, none)
+    )
+    assert "even with κ at the low end of its spread" in with_spread
+    assert without.startswith("use       lr ") and "spread" not in without
+
+
+def test_the_figure_draws_the_pessimistic_curve_the_recommended_lr_is_read_from():
+    from phantomlens.plot import prediction_figure
+
+    model, tokenizer, ctx = setup()
+    kwargs = {"model": model, "tokenizer": tokenizer, "mode": "lora", "variant": "first-order", "curve": True}
+    p = predict_critical_lr(**kwargs, **ctx)
+    lines = {line.get_label().split(":")[0]: line for line in prediction_figure(p).axes[0].get_lines()}
+    central, pessimistic = (
+        lines[f"predicted final margin ({p.variant}), κ = {p.kappa:.3g}"],
+        lines["pessimistic"],
+    )
+    sigma = p.kappa_log_std
+    assert "κ·e^−σ" in pessimistic.get_label() and "low end of κ's spread" in pessimistic.get_label()
+    assert np.allclose(pessimistic.get_xdata(), np.array(central.get_xdata()) * math.exp(sigma))
+    # where the pessimistic curve crosses margin_safe is the recommended LR (first-order: a line in η)
+    x, y = np.array(pessimistic.get_xdata()), np.array(pessimistic.get_ydata())
+    assert (y[x < p.eta_recommended * 0.999] < p.margin_safe).all()
+    assert (y[x > p.eta_recommended * 1.001] >= p.margin_safe).all()
+    plain = predict_critical_lr(**kwargs, kappa=1.0, **ctx)  # no spread: one curve
+    labels = [line.get_label() for line in prediction_figure(plain).axes[0].get_lines()]
+    assert not any(label.startswith("pessimistic") for label in labels)
+
+
+def test_a_fact_file_prediction_says_which_lr_to_use(tiny_dir, capsys, tmp_path):
+    from phantomlens.clifacts import format_fact_prediction, safe_lr
+    from phantomlens.factpredict import FactSetPrediction
+
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(
+        '{"prompt": "She felt a deep sense of", "target": "shame", "competitor": "guilt"}\n'
+        '{"prompt": "The river flows into the", "target": "sea and the", "competitor": "ocean"}\n'
+    )
+    argv = ["predict", "--model", str(tiny_dir), "--facts", str(facts)]
+    assert main([*argv, "--json"]) == 0
+    p = FactSetPrediction.from_dict(json.loads(capsys.readouterr().out))
+
+    def final(f, lr: float) -> float:  # first-order, along the set's joint direction
+        return f.margin_initial + p.kappa * lr * f.velocity_joint * p.schedule_sum
+
+    lr = safe_lr(p, 1.0)
+    if lr is None:  # some fact's margin does not move up: no LR brings every fact there
+        assert any(f.margin_initial < 1 and f.velocity_joint <= 0 for f in p.facts)
+    else:
+        assert all(final(f, lr) >= 1 - 1e-9 for f in p.facts)
+        assert min(final(f, lr) for f in p.facts) == pytest.approx(1.0) or lr == 0.0
+        assert safe_lr(p, 2.0) > lr
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    use = next(line for line in printed.splitlines() if line.startswith("use"))
+    assert use in format_fact_prediction(p, 1.0).splitlines()
+    assert use.startswith("use       none" if lr is None else f"use       lr {lr:.4g}: ")
+    assert "knife edge" in use or lr is None
+
+
+def test_any_lr_is_said_when_the_margin_already_reaches_margin_safe(tiny_dir, capsys):
+    code, out = cli_predict(tiny_dir, capsys, "--margin-safe", "-1e9")  # the flag takes an exponent
+    assert code == 0, out.err
+    use = next(line for line in out.out.splitlines() if line.startswith("use"))
+    assert use.startswith("use       any LR: the margin is already ≥ margin_safe = -1e+09 at step 0 (m0 = ")
+    code, out = cli_predict(tiny_dir, capsys, "--margin-safe", "-1e9", "--json")
+    assert json.loads(out.out)["eta_recommended"] == 0.0  # 0: any LR, as MarginModel.reaching says
+
+
+def test_a_margin_safe_below_zero_does_not_promise_a_flip():
+    from phantomlens.cli import _prediction_lines
+
+    model, tokenizer, ctx = setup()
+    p = predict_critical_lr(model=model, tokenizer=tokenizer, variant="first-order", **ctx)
+    assert p.margin_initial < 0
+    below = predict_critical_lr(
+        model=model, tokenizer=tokenizer, variant="first-order", margin_safe=p.margin_initial / 2, **ctx
+    )
+    assert 0 < below.eta_recommended < below.eta_c  # short of the flip, as asked
+    use = next(line for line in _prediction_lines(below) if line.startswith("use"))
+    assert use.startswith("use       lr ") and "knife edge" not in use
+    assert use.endswith("(margin_safe ≤ 0: at this LR a target need not overtake its competitor)")
+
+
+def test_a_fact_file_whose_facts_already_reach_margin_safe_may_use_any_lr(tiny_dir, capsys, tmp_path):
+    facts = tmp_path / "f.jsonl"
+    facts.write_text(
+        '{"prompt": "She felt a deep sense of", "target": "shame", "competitor": "guilt"}\n'
+        '{"prompt": "The river flows into the", "target": "sea and the", "competitor": "ocean"}\n'
+    )
+    argv = ["predict", "--model", str(tiny_dir), "--facts", str(facts), "--margin-safe", "-1e9"]
+    assert main(argv) == 0
+    use = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("use"))
+    assert use == "use       any LR: every fact already has margin ≥ margin_safe = -1e+09 at step 0"

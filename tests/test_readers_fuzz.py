@@ -122,3 +122,17 @@ def _damage_and_read(capsys, sweep: Path, name: str, content: bytes) -> None:
         code = main(["sweep", "--out", str(sweep), "--mode", "lora", "--contexts", "shame", "--workers", "1"])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_directory_where_a_run_file_belongs(capsys):
+    """Each file of a run replaced by a folder: one line naming it as a folder, nothing written."""
+    for name in ("summary.json", "events.json", "trajectory.parquet", "trajectory.png"):
+        with fresh_copy(RUN) as run_copy:
+            (run_copy / name).unlink(missing_ok=True)
+            (run_copy / name).mkdir()
+            (run_copy / name / "inside").write_text("x")
+            before = sorted(p.name for p in run_copy.iterdir())
+            code = main(["analyze", str(run_copy)])
+            err = capsys.readouterr().err
+            assert code == 2 and err.startswith(f"error: {run_copy / name} is a directory"), err
+            assert len(err.strip().splitlines()) == 1 and sorted(p.name for p in run_copy.iterdir()) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
@@ -151,3 +152,22 @@ def test_report_module_leaves_the_backend_alone_in_process(two_runs):
     before = matplotlib.get_backend()
     build_report(two_runs)
     assert matplotlib.get_backend() == before
+
+
+def test_a_single_runs_section_shows_its_notes_and_why_it_stopped_early(tmp_path):
+    model, tokenizer = make_tiny("llama")
+    target, competitor = tiny_pair(model, tokenizer, "She felt a deep sense of")
+    out = tmp_path / "run"
+    finetune(model=model, tokenizer=tokenizer, context="She felt a deep sense of", target=target,
+             competitor=competitor, mode="full", steps=30, lr=0.01, early_stop=True, patience=2, out=out,
+             progress=False)  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["stop_reason"]
+    summary["notes"] = [*summary["notes"], 'a note with <b>markup</b> & "quotes"']
+    (out / "summary.json").write_text(json.dumps(summary))
+    page = build_report([out])
+    done = summary["steps_completed"]
+    reason = html.escape(summary["stop_reason"], quote=True)
+    assert f"<p class=note>stopped early after {done} of 30 steps: {reason}</p>" in page
+    assert "<p class=note>note: a note with &lt;b&gt;markup&lt;/b&gt; &amp; &quot;quotes&quot;</p>" in page
+    assert "<b>markup</b>" not in page

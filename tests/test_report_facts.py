@@ -209,3 +209,58 @@ def test_a_hundred_fact_report_stays_small(fact_run, tmp_path):
     names = detail_names(page)
     assert names[:34] == [r.name for r in big.summary.facts if r.silent]  # silent failures first
     assert "<i>multi</i>" not in page and "&lt;i&gt;multi&lt;/i&gt;" in page
+
+
+@pytest.fixture(scope="module")
+def callback_export(tmp_path_factory):
+    """What PhantomCallback exports from inside a Hugging Face Trainer (facts and context None)."""
+    import torch
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from phantomlens.callback import PhantomCallback
+    from phantomlens.facts import tokenize_fact
+    from phantomlens.settings import StopRule
+
+    root = tmp_path_factory.mktemp("trainer")
+    model, tokenizer = make_tiny("llama")
+    fact = tokenize_fact(tokenizer, FACTS[1])
+    ids = [*fact.prompt_ids, *fact.target_ids]
+    item = {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.ones(len(ids), dtype=torch.long),
+        "labels": torch.tensor([-100] * len(fact.prompt_ids) + list(fact.target_ids)),
+    }
+    settings = {"max_steps": 3, "per_device_train_batch_size": 1, "learning_rate": 1e-3, "report_to": [],
+                "use_cpu": True, "disable_tqdm": True, "save_strategy": "no"}  # fmt: skip
+    callback = PhantomCallback(FACTS, rule=StopRule(margin_safe=1e9, patience=1))
+    Trainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(root), **settings),
+        train_dataset=[item] * 4,
+        processing_class=tokenizer,
+        callbacks=[callback],
+        data_collator=default_data_collator,
+    ).train()
+    return root / "phantomlens"
+
+
+def test_a_phantomcallback_export_is_described_as_one_in_analyze_and_report(callback_export, capsys):
+    stored = json.loads((callback_export / "summary.json").read_text())
+    assert stored["config"]["facts"] is None and stored["config"]["context"] is None  # what it writes
+    assert main(["analyze", str(callback_export)]) == 0
+    out = capsys.readouterr().out
+    said = "4 facts watched by PhantomCallback (Hugging Face Trainer)"
+    assert out.startswith(f"facts     {said} on ") and "(--context)" not in out
+    page = build_report([callback_export])
+    assert f"<h2>Run 1: fact set of {said}</h2>" in page and "one fact" not in page
+
+
+def test_one_function_says_where_a_fact_sets_facts_came_from(fact_run):
+    from phantomlens.clifacts import fact_source
+
+    summary = FactSetResult.load(fact_run).summary
+    assert fact_source(summary) == f"4 facts from {summary.config['facts']}"
+    unnamed = {**summary.config, "facts": None, "context": None}
+    assert fact_source(summary.replace(config=unnamed, notes=[])) == "4 facts watched by PhantomCallback"
+    one = summary.replace(config={**summary.config, "facts": None, "context": "She felt"})
+    assert fact_source(one) == "4 facts (--context)"

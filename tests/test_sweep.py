@@ -1,4 +1,6 @@
-"""Critical-LR sweeps: the search on known answers, resume after a kill, concurrency, Ray."""
+"""Critical-LR sweeps: the bisection on known answers, resume after a kill, concurrency, Ray.
+
+The root search on the final margin (the default) has its own tests: tests/test_root_search.py."""
 
 from __future__ import annotations
 
@@ -42,9 +44,12 @@ def drive(outcome, start: float, config: SweepConfig, limit: int = 200):
     raise AssertionError("the search did not end")
 
 
+BISECT = SweepConfig(search="bisect")
+
+
 @pytest.mark.parametrize("start", [1e-7, 3e-6, 1e-4, 0.5])
 def test_bisection_brackets_both_limits_to_one_percent(start):
-    config = SweepConfig(tolerance=0.01)
+    config = BISECT.replace(tolerance=0.01)
     truth_c, truth_max = 3.3e-6, 2.2e-3
     step, records = drive(oracle(truth_c, truth_max), start, config)
     assert step.bracket_low < truth_c <= step.bracket_high == step.eta_c
@@ -55,24 +60,24 @@ def test_bisection_brackets_both_limits_to_one_percent(start):
 
 
 def test_no_success_below_divergence_is_reported():
-    step, _ = drive(oracle(None, 1e-3), 1e-5, SweepConfig())
+    step, _ = drive(oracle(None, 1e-3), 1e-5, BISECT)
     assert step.eta_c is None and step.eta_max is not None
     assert "no LR below the divergence limit" in step.note
-    narrow, _ = drive(oracle(1.5e-3, 1e-3), 1e-5, SweepConfig())  # success region empty
+    narrow, _ = drive(oracle(1.5e-3, 1e-3), 1e-5, BISECT)  # success region empty
     assert narrow.eta_c is None
 
 
 def test_eta_max_optional_and_limits_respected():
-    step, records = drive(oracle(1e-5, 1e-2), 1e-6, SweepConfig(eta_max=False))
+    step, records = drive(oracle(1e-5, 1e-2), 1e-6, BISECT.replace(eta_max=False))
     assert step.eta_c is not None and step.eta_max is None
     assert all(lr < 1e-2 for lr in records)
-    capped, _ = drive(oracle(1e-5, None), 1e-6, SweepConfig(max_lr=1e-3))
+    capped, _ = drive(oracle(1e-5, None), 1e-6, BISECT.replace(max_lr=1e-3))
     assert capped.eta_max is None and "no divergence" in capped.note
 
 
 def test_plan_is_a_pure_function_of_the_records():
     """Resuming = replaying: the same records always give the same next run."""
-    config = SweepConfig()
+    config = BISECT
     outcome = oracle(2e-5, 1e-2)
     _, records = drive(outcome, 1e-6, config)
     ordered = list(records.items())
@@ -154,9 +159,11 @@ def reference(tmp_path_factory):
 def test_sweep_results_table(reference):
     _, table = reference
     assert list(table["context"]) == ["shame", "tale"]
-    for column in ("eta_c", "bracket_low", "bracket_high", "eta_max", "runs_used"):
+    for column in ("eta_c", "bracket_low", "bracket_high", "eta_max", "runs_used", "search", "runs_eta_c"):
         assert column in table.columns
     assert table["complete"].all()
+    # The default search root-finds each run's final margin; the η_max runs come after it.
+    assert (table["search"] == "root").all() and (table["runs_eta_c"] < table["runs_used"]).all()
     # The tiny Llama flips on both contexts within 4 constant-LR steps (η_c ≈ 1.1e-4 for shame,
     # ≈ 1.2e-4 for tale) and does not diverge anywhere up to --max-lr 1.0.
     assert table["eta_c"].notna().all(), table[["context", "eta_c", "note"]]

@@ -141,6 +141,8 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 def read_json(path: Path, what: str, remedy: str = "") -> Any:
     """Parse a JSON file, or a one-line error naming what it was and what to do."""
     path = Path(path)
+    if path.is_dir():
+        raise PhantomLensError(f"{what} {path} is a directory; give the file itself")
     if not path.is_file():
         raise PhantomLensError(f"{what} {path} does not exist" + (f"; {remedy}" if remedy else ""))
     try:

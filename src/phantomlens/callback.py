@@ -64,10 +64,11 @@ class PhantomCallback(*_trainer_callback_bases()):
         self.contexts = context_specs(contexts)
         self.tokenizer = tokenizer
         self.rule = StopRule.from_dict(rule) if isinstance(rule, dict) else rule or StopRule()
-        if every < 1:
-            raise PhantomLensError(f"every must be at least 1, got {every}")
-        if micro_batch < 1:
-            raise PhantomLensError(f"micro_batch must be at least 1, got {micro_batch}")
+        if not isinstance(self.rule, StopRule):
+            raise PhantomLensError(f"rule must be a StopRule (or its dict), got {type(rule).__name__}")
+        for name, value in (("every", every), ("micro_batch", micro_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PhantomLensError(f"{name} must be a whole number ≥ 1, got {value!r}")
         self.every, self.prefix, self.stop, self.center = every, prefix, stop, center
         self.micro_batch, self.out, self.export, self.predict = micro_batch, out, export, predict
         self.predictions: list | None = None
@@ -150,6 +151,8 @@ class PhantomCallback(*_trainer_callback_bases()):
         self._move_first()
         from phantomlens.callbackrun import begin
 
+        if state.global_step == 0:  # a fresh training, also for a callback used before
+            self._reset()
         tokenizer = self.tokenizer or processing_class
         if tokenizer is None:
             raise PhantomLensError(
@@ -163,6 +166,11 @@ class PhantomCallback(*_trainer_callback_bases()):
             self.predictions = predict_in_trainer(self, args, state, kwargs.get("lr_scheduler"))
         self._observe(args, state, control, kwargs.get("lr_scheduler"))
         return control
+
+    def _reset(self) -> None:
+        self.secure_steps, self.stop_reason, self.observed_step = 0, "", None
+        self.history, self.result, self.verdicts, self.predictions = [], None, None, None
+        self._pending = None
 
     def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
         if self.recorder is None or state.global_step % self.every:
@@ -212,6 +220,7 @@ class PhantomCallback(*_trainer_callback_bases()):
         self.secure_steps = self.rule.next_streak(self.secure_steps, margins)
         secure = self.secure_steps >= self.rule.patience
         finite = all(math.isfinite(r.loss) and math.isfinite(r.margin) for r in readouts.values())
+        finite = finite and not self._above_cutoff(readouts)
         reason = self._stop_reason(step, readouts, secure, finite)
         observation = Observation(step, readouts, self.secure_steps, bool(reason), reason)
         self.history.append(observation)
@@ -226,9 +235,24 @@ class PhantomCallback(*_trainer_callback_bases()):
             logger.warning("phantomlens: stopping training: %s", reason)
         return control
 
+    def _above_cutoff(self, readouts: dict) -> bool:
+        """The divergence cut-off of phantomlens runs (``loop.check_divergence``) on the watched
+        facts' mean loss: max(2 ln V, 2 × its first value)."""
+        from phantomlens.loop import Outcome, check_divergence
+
+        mean = sum(r.loss for r in readouts.values()) / len(readouts)
+        outcome = Outcome(cutoff=self._run.get("cutoff"))
+        diverged = check_divergence(outcome, 0, mean, True, self._run["vocab_size"])
+        self._run["cutoff"] = outcome.cutoff
+        return diverged and math.isfinite(mean)
+
     def _stop_reason(self, step: int, readouts: dict, secure: bool, finite: bool) -> str:
         if not finite:
-            return f"diverged at step {step}: a watched loss or margin is not finite"
+            cutoff = self._run.get("cutoff")
+            return (
+                f"diverged at step {step}: a watched loss or margin is not finite, or their mean loss "
+                f"is above the cut-off {cutoff:.3g} (2 ln V, or twice the first)"
+            )
         if not secure:
             return ""
         worst = min(readouts.items(), key=lambda kv: kv[1].margin)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,12 @@ def check_export(callback, args, state) -> Path | None:
     if not callback.export or not state.is_world_process_zero:
         return None
     out = export_dir(callback, args)
+    trainer_dir = Path(args.output_dir).resolve()
+    if out.resolve() == trainer_dir or out.resolve() in trainer_dir.parents:
+        raise PhantomLensError(
+            f"PhantomCallback: out={out} would replace the Trainer's output_dir {args.output_dir} and its "
+            "checkpoints; pass out= a folder of its own (the default is <output_dir>/phantomlens)"
+        )
     earlier = out.is_dir() and is_fact_set(out)
     if out.is_dir() and any(out.iterdir()) and not earlier:
         raise PhantomLensError(
@@ -95,8 +102,22 @@ def begin(callback, args, state, model, tokenizer) -> tuple[FactProbe, dict[str,
 
     if model is None:
         raise PhantomLensError("PhantomCallback: the Trainer gave no model")
+    if not callable(getattr(model, "get_output_embeddings", None)):
+        raise PhantomLensError(
+            f"PhantomCallback: {type(model).__name__} is not a causal LM (no get_output_embeddings)"
+        )
     unembedding = output_embedding(model)
-    tokenized = tokenized_facts(tokenizer, model, callback.contexts, unembedding.shape[0])
+    rows = unembedding.shape[0]
+    tokenized = tokenized_facts(tokenizer, model, callback.contexts, rows)
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else rows
+    if size < 0.95 * rows:  # models pad their vocabulary a little, never by a twentieth
+        logger.warning(
+            "phantomlens: the tokenizer has %d tokens and the model %d output rows: is it this model's "
+            "tokenizer? (facts are read through it)",
+            size,
+            rows,
+        )
+    config, config_notes = trainer_run_config(callback, args, state, model)
     out = check_export(callback, args, state)
     recorder = FactProbe(
         model, tokenized, center=callback.center, micro_batch=callback.micro_batch, keep=True
@@ -107,7 +128,9 @@ def begin(callback, args, state, model, tokenizer) -> tuple[FactProbe, dict[str,
         "started": time.perf_counter(),
         "hash_start": embedding_sha256(model),
         "earlier": None,
-        "notes": precision_notes(args, unembedding),
+        "notes": [*config_notes, *precision_notes(args, unembedding)],
+        "config": config,
+        "vocab_size": rows,
     }
     if state.global_step > 0:
         resume(callback, args, state, run)
@@ -146,15 +169,22 @@ def resume(callback, args, state, run: dict) -> None:
     logged = [entry[key] for entry in state.log_history if key in entry]
     if callback.secure_steps == 0 and logged:  # without the trajectory, the last logged count
         callback.secure_steps = int(logged[-1])
-    path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_FILE
+    path = resumed_checkpoint(args, state) / CHECKPOINT_FILE
     if not path.is_file():
         run["notes"].append(
-            f"resumed at step {state.global_step} without {path.name} (checkpoint outside output_dir?): "
-            "the trajectory starts there"
+            f"resumed at step {state.global_step} from a checkpoint without {path.name}: the trajectory "
+            "starts there"
         )
         return
     earlier = pd.read_parquet(path)
     earlier = earlier[earlier["step"] <= state.global_step]
+    names = [t.fact.label for t in run["tokenized"]]
+    if sorted(earlier["fact"].unique()) != sorted(names):
+        run["notes"].append(
+            f"resumed at step {state.global_step} watching other facts than before the checkpoint: the "
+            "trajectory starts there"
+        )
+        return
     run["earlier"] = earlier
     callback.observed_step = int(earlier["step"].max())
     # The stop rule's counter, recomputed from the margins observed before the checkpoint: exact
@@ -163,6 +193,23 @@ def resume(callback, args, state, run: dict) -> None:
     for _, rows in earlier.sort_values("step").groupby("step", sort=True):
         streak = callback.rule.next_streak(streak, rows["margin"].tolist())
     callback.secure_steps = streak
+
+
+def resumed_checkpoint(args, state) -> Path:
+    """The checkpoint folder this training resumed from: the path given to ``Trainer.train``
+    (read from its frame: the Trainer keeps it nowhere else), else ``<output_dir>/checkpoint-N``."""
+    import inspect
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            given = frame.f_locals.get("resume_from_checkpoint")
+            if isinstance(given, str | Path) and Path(given).is_dir():
+                return Path(given)
+            frame = frame.f_back
+    finally:
+        del frame
+    return Path(args.output_dir) / f"checkpoint-{state.global_step}"
 
 
 def trajectory(callback):
@@ -190,21 +237,32 @@ def save_checkpoint_trajectory(callback, args, state) -> None:
 
 
 def trainer_run_config(callback, args, state, model):
-    """The run the Trainer made, as a ``RunConfig`` record (what ``analyze`` and ``report`` show)."""
+    """The run the Trainer makes, as a ``RunConfig`` record (what ``analyze`` and ``report`` show), and
+    notes on what the record cannot say exactly. Built before the first step, so that a setting it
+    cannot record is refused then, not after training."""
     from phantomlens.models import describe_model
     from phantomlens.settings import MAX_STEPS, ReadoutConfig, RunConfig
 
+    notes = []
     scheduler = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+    if SCHEDULES.get(scheduler) != scheduler:
+        recorded = SCHEDULES.get(scheduler, "constant")
+        notes.append(f"the Trainer's lr_scheduler_type {scheduler} is recorded as {recorded}")
     steps = max(1, min(int(state.max_steps or state.global_step or 1), MAX_STEPS))
+    warmup = args.get_warmup_steps(steps) / steps
+    if warmup >= 1:
+        notes.append("the warm-up covers every step; recorded as a warm-up fraction just below 1")
+        warmup = math.nextafter(1.0, 0.0)
     peft_config = getattr(model, "peft_config", None) or {}
-    lora = next(iter(peft_config.values()), None)
+    adapter = next(iter(peft_config.values()), None)
+    kind = str(getattr(getattr(adapter, "peft_type", None), "value", "")) if adapter is not None else ""
     settings = {
         "model": describe_model(model),
-        "mode": "lora" if lora is not None else "full",
+        "mode": "lora" if adapter is not None else "full",
         "lr": float(args.learning_rate),
         "steps": steps,
         "schedule": SCHEDULES.get(scheduler, "constant"),
-        "warmup_fraction": min(1.0, args.get_warmup_steps(steps) / steps),
+        "warmup_fraction": warmup,
         "optimizer": "sgd" if "sgd" in str(getattr(args.optim, "value", args.optim)) else "adamw",
         "weight_decay": float(args.weight_decay),
         "seed": int(args.seed),
@@ -213,13 +271,21 @@ def trainer_run_config(callback, args, state, model):
         "stop": callback.rule,
         "readout": ReadoutConfig(center=callback.center, spectral_topk=0),
     }
-    if lora is not None and hasattr(lora, "r"):
-        settings.update(lora_r=int(lora.r), lora_alpha=float(lora.lora_alpha))
-    return RunConfig(**settings)
+    if kind == "LORA":
+        settings.update(lora_r=int(adapter.r), lora_alpha=float(adapter.lora_alpha))
+    elif adapter is not None:
+        notes.append(f"PEFT adapters of type {kind or type(adapter).__name__}, recorded as mode lora")
+    try:
+        return RunConfig(**settings), notes
+    except PhantomLensError as error:
+        raise PhantomLensError(
+            f"PhantomCallback: the Trainer's settings cannot be recorded: {error}"
+        ) from None
 
 
 def finish(callback, args, state, analysis):
     """The verdicts: the analysed ``FactSetResult`` of what the callback observed, exported and told."""
+    from phantomlens.factresults import is_fact_set
     from phantomlens.factrun import FactSetResult
     from phantomlens.facttrain import summarize_facts
     from phantomlens.forward import output_embedding
@@ -232,13 +298,16 @@ def finish(callback, args, state, analysis):
     stopped = bool(callback.stop_reason) and diverged is None
     outcome = Outcome(
         status="diverged" if diverged is not None else "completed",
-        reason="a watched loss or margin became non-finite" if diverged is not None else "",
+        reason="a watched loss or margin became non-finite, or the mean loss passed the cut-off"
+        if diverged is not None
+        else "",
         diverged_step=diverged,
         stopped_early=stopped,
         stop_reason=callback.stop_reason if stopped else "",
         updates=int(state.global_step),
+        cutoff=run.get("cutoff"),
     )
-    config = trainer_run_config(callback, args, state, model)
+    config = run["config"].replace(steps=max(1, min(int(state.global_step), run["config"].steps)))
     context = {
         "outcome": outcome,
         "hashes": (run["hash_start"], embedding_sha256(model)),
@@ -250,9 +319,13 @@ def finish(callback, args, state, analysis):
     summary, events = summarize_facts(frame, run["tokenized"], config, context, analysis)
     notes = [f"recorded by PhantomCallback inside {trainer_name(args)}", *run["notes"], *summary.notes]
     result = FactSetResult(summary.replace(notes=notes), frame, events)
-    if run["out"] is not None:
-        result.save(run["out"], overwrite=True, config=config)
-    tell(result, run["out"])
+    out = run["out"]
+    if out is not None and out.is_dir() and any(out.iterdir()) and not is_fact_set(out):
+        logger.warning("phantomlens: %s filled up during training; the run directory is not written", out)
+        out = run["out"] = None  # something else wrote there since the check: never replace it
+    if out is not None:
+        result.save(out, overwrite=True, config=config)
+    tell(result, out)
     return result
 
 
@@ -319,7 +392,7 @@ def predict_in_trainer(callback, args, state, lr_scheduler) -> list:
     from phantomlens.session import schedule_factors
 
     model = callback.recorder.model
-    config = trainer_run_config(callback, args, state, model)
+    config = callback._run["config"]
     fallback = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
     total = sum(trainer_schedule(lr_scheduler, config.steps, fallback))
     _, predictions = measure_facts(model, config, callback._run["tokenized"], total, 1.0)
@@ -333,7 +406,7 @@ def predict_in_trainer(callback, args, state, lr_scheduler) -> list:
         logger.warning(
             "phantomlens: fact %r is predicted not to flip: the Trainer's learning rate %.3g is below its "
             "critical LR %s (first-order, κ = 1, trained with the other watched facts, this schedule, "
-            "%d steps)",
+            "%d step(s))",
             p.name,
             config.lr,
             need,

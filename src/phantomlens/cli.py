@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phantomlens.atomic import strict_json
-from phantomlens.clifacts import table
+from phantomlens.clifacts import knife_edge, table
 from phantomlens.errors import PhantomLensError, one_line
 
 if TYPE_CHECKING:
@@ -30,6 +31,10 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)  # `sweep --context` must not pass for `--contexts`
         super().__init__(*args, **kwargs)
+        # argparse's test for a negative number knows no exponent, so `--margin-safe -1e9` read -1e9 as
+        # an option and failed with "expected one argument". No flag of ours starts with a digit or
+        # spells inf or nan, so such an argument is a value (one the field refuses is reported as such).
+        self._negative_number_matcher = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)
 
     def error(self, message: str):  # one line, no usage dump
         raise PhantomLensError(f"{message} (see {self.prog} --help)")
@@ -137,8 +142,8 @@ def _format_analysis(analysis) -> str:
     else:
         from phantomlens.clifacts import format_fact_set
 
-        text = format_fact_set(result.summary)
-    written = [name for name in analysis.files if name in (*analysis.added, *analysis.changed)]
+        text = format_fact_set(result.summary, written=False)  # the lines below say what was written
+    written = [name for name in analysis.files if name in analysis.writes]
     if analysis.changed:
         return text + (
             f"\nwritten   {', '.join(written)} and {analysis.figure} in {run_dir} "
@@ -146,10 +151,9 @@ def _format_analysis(analysis) -> str:
         )
     if written:
         return text + f"\nwritten   {', '.join(written)} and {analysis.figure} in {run_dir}"
-    return text + (
-        f"\nunchanged the stored {' and '.join(analysis.files)} already hold this analysis; "
-        f"{analysis.figure} redrawn in {run_dir}"
-    )
+    # nothing else written: a read-only run directory can be analysed (rundir.Reanalysis)
+    done = f"{analysis.figure} was missing, drawn in {run_dir}" if analysis.writes else "nothing written"
+    return text + f"\nunchanged the stored {' and '.join(analysis.files)} already hold this analysis; {done}"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -181,12 +185,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             _fmt(r.bracket_high),
             _fmt(r.eta_max),
             str(r.runs_used),
+            r.search,  # which search the runs are the path of, and how many it used for η_c
+            "-" if r.runs_eta_c is None or math.isnan(r.runs_eta_c) else f"{r.runs_eta_c:.0f}",
             _fmt(r.eta_c_predicted_kappa1),
             r.note,
         ]
         for r in table.itertuples()
     ]
-    print(_table(rows, [what, "eta_c", "low", "high", "eta_max", "runs", "predicted(κ=1)", "note"]))
+    header = [what, "eta_c", "low", "high", "eta_max", "runs", "search", "runs(η_c)", "predicted(κ=1)"]
+    print(_table(rows, [*header, "note"]))
     if config.joint:  # what the set's η_c rests on: the fraction flipped at every LR tried
         name = sweep.contexts[0]
         tried = sorted(sweep.records(name).items())
@@ -260,19 +267,31 @@ def _prediction_lines(p) -> list[str]:
             f"          κ = 1: first-order {g(p.eta_c_first_order)}, simulated {g(p.eta_c_simulated)}, "
             f"two-point {g(p.eta_c_two_point)}"
         )
-    lines += [f"note      {note}" for note in (p.variant_note, p.kappa_note) if note]
-    if p.eta_recommended is not None:
-        lines.append(
-            f"use       lr {p.eta_recommended:.4g}: the smallest whose predicted final margin reaches "
-            f"margin_safe = {p.margin_safe:g}, even with κ at the low end of its spread "
-            "(at η_c itself the run ends at margin 0, a knife edge)"
-        )
-    elif p.margin_safe is not None:
-        lines.append(f"use       none: in the {p.variant} model the margin stays below {p.margin_safe:g}")
+    lines += [f"note      {note}" for note in (p.variant_note, p.kappa_note, p.precision_note) if note]
+    if p.margin_safe is not None:  # a prediction stored before LRs were recommended has none
+        lines.append(_use_line(p))
     lines.append(
         f"cost      {p.passes['forward']} forward + {p.passes['backward']} backward passes; model unchanged"
     )
     return lines
+
+
+def _use_line(p) -> str:
+    """The LR to use, in words: the smallest reaching margin_safe, any (m0 already does), or none."""
+    safe = p.margin_safe
+    if p.eta_recommended is None:
+        return f"use       none: in the {p.variant} model the margin stays below {safe:g}"
+    if p.eta_recommended == 0:  # predict: MarginModel.reaching is 0 when m0 ≥ margin_safe
+        return (
+            f"use       any LR: the margin is already ≥ margin_safe = {safe:g} at step 0 "
+            f"(m0 = {p.margin_initial:+.4g})"
+        )
+    # only a measured spread of κ was allowed for (predict._headline: κ·e^−σ); κ given or κ = 1 has none
+    spread = ", even with κ at the low end of its spread" if p.kappa_log_std else ""
+    return (
+        f"use       lr {p.eta_recommended:.4g}: the smallest whose predicted final margin reaches "
+        f"margin_safe = {safe:g}{spread} ({knife_edge(safe, 'at η_c itself the run ends at margin 0')})"
+    )
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -347,9 +366,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from phantomlens.glossary import explain
+    from phantomlens.glossary import explain_known
 
-    print(explain(args.terms))
+    text, unknown = explain_known(args.terms)
+    if text:  # what is known first, then the one error line for the rest
+        print(text)
+    if unknown is not None:
+        raise unknown
     return 0
 
 
@@ -567,8 +590,9 @@ def _add_explain(sub) -> None:
     explain = sub.add_parser(
         "explain",
         help="what a term of the output means (margin, kinematic, drag, Φ, κ, ...)",
-        description="One line of plain words for each term the commands print; every term when none "
-        "is named. Symbols may be spelt out (phi, kappa, eta_c).",
+        description="One line of plain words for each term the commands and logs print (a second where "
+        "a fact of several tokens reads it differently); every term when none is named, the known "
+        "ones first when some are not. Symbols may be spelt out (phi, kappa, eta_c).",
     )
     explain.add_argument("terms", nargs="*", metavar="TERM", help="terms to explain (default: all)")
     explain.set_defaults(func=cmd_explain)
@@ -639,8 +663,9 @@ def _add_sweep(sub) -> None:
 
     sweep = sub.add_parser(
         "sweep",
-        help="measure η_c (and η_max) per context or per fact by bisection",
-        description="Bracket and bisect the critical learning rate in log-LR, per built-in context, "
+        help="measure η_c (and η_max) per context or per fact, to 1%",
+        description="Find the critical learning rate in log-LR (root-finding on the runs' final "
+        "margins, or with --search bisect on their verdicts), per built-in context, "
         "per fact of --facts FILE (each trained alone), or of the whole set with --joint: "
         "η_c(F, q), the smallest peak LR at which at least a fraction q of the facts end flipped. "
         "Resumable: rerun the same command to continue a killed sweep.",
@@ -669,7 +694,9 @@ def _add_predict(sub) -> None:
         "either applies only to runs inside the domain it was fitted on",
     )
     predict.add_argument(
-        "--kappa", type=float, help="κ given directly (default: the calibration's; --kappa 1: uncalibrated)"
+        "--kappa",
+        type=float,
+        help="κ given directly, from 0.001 to 1000 (default: the calibration's; --kappa 1: uncalibrated)",
     )
     predict.add_argument(
         "--variant",

@@ -36,10 +36,29 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def format_fact_set(summary: FactSetSummary) -> str:
-    """A fact-set run in words: the headline, every fact's outcome, the silent failures by name."""
+#: How PhantomCallback's export begins its notes (phantomlens.callbackrun.finish writes it).
+CALLBACK_NOTE = "recorded by PhantomCallback inside "
+
+
+def fact_source(summary: FactSetSummary) -> str:
+    """Which facts a fact-set run trained and where they came from, in words (``analyze`` and
+    ``report`` both say it): a fact file, PhantomCallback inside a trainer, or ``--context``."""
+    run, count = summary.run_config(), _plural(summary.n_facts, "fact")
+    if run.facts:
+        return f"{count} from {run.facts}"
+    note = next((n for n in summary.notes if n.startswith(CALLBACK_NOTE)), None)
+    if note is not None or run.context is None:  # the callback's config names no facts nor context
+        # "a Hugging Face Trainer (optim …)" → "Hugging Face Trainer"
+        trainer = note.removeprefix(CALLBACK_NOTE).split(" (")[0].removeprefix("a ") if note else ""
+        return f"{count} watched by PhantomCallback" + (f" ({trainer})" if trainer else "")
+    return f"{count} (--context)"
+
+
+def format_fact_set(summary: FactSetSummary, *, written: bool = True) -> str:
+    """A fact-set run in words: the headline, every fact's outcome, the silent failures by name
+    (``written``: end with the line naming the run directory)."""
     run = summary.run_config()
-    source = f"{_plural(summary.n_facts, 'fact')} from {run.facts}" if run.facts else "1 fact (--context)"
+    source = fact_source(summary)
     ahead = sum(f.margin_initial > 0 for f in summary.facts)
     lines = [
         f"facts     {source} on {run.model} ({run.mode}, η={run.peak_lr:g}, T={run.steps})",
@@ -68,7 +87,7 @@ def format_fact_set(summary: FactSetSummary) -> str:
     if summary.silent_failures:
         lines += ["", f"SILENT failures (loss fell, target never won): {', '.join(summary.silent_failures)}"]
     lines += [f"note      {note}" for note in summary.notes]
-    if summary.out_dir:
+    if written and summary.out_dir:
         lines.append(f"written   {summary.out_dir}")
     return "\n".join(lines)
 
@@ -88,8 +107,51 @@ def _eta(value: float | None) -> str:
     return "never" if value is None else f"{value:.3g}"
 
 
-def format_fact_prediction(p: FactSetPrediction) -> str:
-    """``predict --facts``: a row per fact, the set's quantile, the interference, the cost."""
+def safe_lr(p: FactSetPrediction, margin_safe: float) -> float | None:
+    """The smallest peak LR at which a fraction q of the facts reach ``margin_safe``, each fact's
+    final margin first-order along the set's joint direction: m_T(η) = m0 + κ·η·A·Σs (the model
+    η̂_c(F, q) solves for margin 0); None when too few facts' margins move up."""
+    from phantomlens.factpredict import set_quantile
+
+    def reach(margin: float, velocity: float) -> float | None:
+        if margin >= margin_safe:
+            return 0.0
+        return None if velocity <= 0 else (margin_safe - margin) / (p.kappa * velocity * p.schedule_sum)
+
+    return set_quantile([reach(f.margin_initial, f.velocity_joint) for f in p.facts], p.quantile)
+
+
+def knife_edge(margin_safe: float, edge: str) -> str:
+    """Why the LR to use is not η_c itself (``edge``: where the margin ends at 0); with margin_safe ≤ 0
+    the LR to use lies at or below η_c, and the words must not promise a flip."""
+    if margin_safe > 0:
+        return f"{edge}, a knife edge"
+    return "margin_safe ≤ 0: at this LR a target need not overtake its competitor"
+
+
+def _use_line(p: FactSetPrediction, margin_safe: float | None) -> str:
+    """What LR to train the set at: the one reaching margin_safe, η̂_c(F, q) being a knife edge."""
+    edge = f"at η̂_c(F, q) = {_eta(p.eta_c_joint_set)} they end at margin 0"
+    if margin_safe is None:
+        return f"use       above η̂_c(F, q): {edge}, a knife edge"
+    some = f"{p.quantile:g} of the facts"
+    which, verb, has = ("every fact", "reaches", "has") if p.quantile >= 1 else (some, "reach", "have")
+    lr = safe_lr(p, margin_safe)
+    if lr is None:
+        return (
+            f"use       none: in the first-order model no LR brings {which} to margin_safe = {margin_safe:g}"
+        )
+    if lr == 0:  # safe_lr: that many facts start at or above margin_safe
+        return f"use       any LR: {which} already {has} margin ≥ margin_safe = {margin_safe:g} at step 0"
+    return (
+        f"use       lr {lr:.4g}: the smallest at which {which} {verb} margin_safe = {margin_safe:g} "
+        f"(first-order, trained together; {knife_edge(margin_safe, edge)})"
+    )
+
+
+def format_fact_prediction(p: FactSetPrediction, margin_safe: float | None = None) -> str:
+    """``predict --facts``: a row per fact, the set's quantile, the interference, the LR to use
+    (``margin_safe``: the final margin it must reach), the cost."""
     rows = [
         [
             f.name,
@@ -120,6 +182,7 @@ def format_fact_prediction(p: FactSetPrediction) -> str:
         lines.append(
             f"interference  median η̂ in set / η̂ alone = {ratio:.3g} (1 = the facts do not interfere)"
         )
+    lines.append(_use_line(p, margin_safe))
     lines.append(
         f"cost      {p.seconds_per_fact:.3g} s per fact ({p.passes['forward']} forward + "
         f"{p.passes['backward']} backward passes); model unchanged"
@@ -147,7 +210,7 @@ def predict_fact_file(config: RunConfig, args: argparse.Namespace) -> int:
     if args.json:
         print(prediction.to_json())
         return 0
-    print(format_fact_prediction(prediction))
+    print(format_fact_prediction(prediction, config.stop.margin_safe))
     if args.csv is not None:
         print(f"written   {args.csv}")
     return 0

@@ -11,6 +11,27 @@ class PhantomLensError(ValueError):
     """Bad input or an unusable environment, described in one actionable line."""
 
 
+#: How much of a user's own text (a prompt, an answer, a name) an error quotes: enough to find it,
+#: not so much that a 500-word answer buries what was wrong.
+QUOTE_LIMIT = 60
+
+
+def short(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` quoted as ``repr`` quotes it, its text cut to ``limit`` characters with "…"."""
+    return repr(clip(value, limit)) if isinstance(value, str) else clip(repr(value), limit)
+
+
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, the last of them "…", when it is longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def listed(items: list[str], limit: int = 4) -> str:
+    """The first ``limit`` of ``items``, comma-separated, with how many more there are."""
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+
+
 def one_line(exc: BaseException) -> str:
     """An exception raised by a dependency or the OS, as one line for the CLI's ``error:`` prefix.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from phantomlens.errors import PhantomLensError
+from phantomlens.errors import PhantomLensError, listed
 from phantomlens.results import (
     OUTCOMES,
     STATUSES,
@@ -155,11 +155,11 @@ def check_fact_trajectory(table: pd.DataFrame, path: Path, names: list[str]) -> 
 
     missing = [c for c in (*TRAJECTORY_COLUMNS, *FACT_COLUMNS) if c not in table]
     if missing:
-        raise PhantomLensError(f"{path} lacks the fact-set trajectory columns {', '.join(missing)}")
+        raise PhantomLensError(f"{path} lacks the fact-set trajectory columns {listed(missing)}")
     numeric = [c for c in (*TRAJECTORY_COLUMNS, *FACT_COLUMNS) if c != "fact"]
     wrong = [c for c in numeric if not pd.api.types.is_numeric_dtype(table[c])]
     if wrong or table.empty:
-        raise PhantomLensError(f"{path}: {', '.join(wrong) or 'the table'} must hold numbers")
+        raise PhantomLensError(f"{path}: {listed(wrong) or 'the table'} must hold numbers")
     unknown = sorted(set(table["fact"].astype(str)) - set(names))
     if unknown:
         raise PhantomLensError(f"{path} has rows for facts the summary does not list: {unknown[:3]}")

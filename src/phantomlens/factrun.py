@@ -14,9 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from phantomlens.atomic import read_json, staged_directory, write_json_atomic
-from phantomlens.errors import PhantomLensError
+from phantomlens.errors import PhantomLensError, short
 from phantomlens.factresults import FactOutcome, FactSetEvents, FactSetSummary, load_fact_trajectory
-from phantomlens.results import CONFIG_FILE, EVENTS_FILE, SUMMARY_FILE, TRAJECTORY_FILE, RunEvents
+from phantomlens.results import (
+    CONFIG_FILE,
+    EVENTS_FILE,
+    SUMMARY_FILE,
+    TRAJECTORY_FILE,
+    RunEvents,
+    existing_dir,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,9 +94,7 @@ class FactSetResult:
     def load(cls, run_dir: str | Path) -> FactSetResult:
         if not isinstance(run_dir, str | Path):
             raise PhantomLensError(f"run_dir must be a path, got {type(run_dir).__name__}")
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise PhantomLensError(f"run directory {run_dir} does not exist")
+        run_dir = existing_dir(run_dir)
         path = run_dir / SUMMARY_FILE
         summary = FactSetSummary.from_dict(read_json(path, "fact-set summary"), where=str(path))
         trajectory = load_fact_trajectory(run_dir / TRAJECTORY_FILE, [f.name for f in summary.facts])
@@ -98,7 +103,7 @@ class FactSetResult:
         events = FactSetEvents.from_dict(read_json(events_path, "fact-set events"), where=str(events_path))
         missing = [f.name for f in summary.facts if f.name not in events.facts]
         if missing:
-            raise PhantomLensError(f"{events_path} has no analysis of {missing[0]!r}")
+            raise PhantomLensError(f"{events_path} has no analysis of {short(missing[0])}")
         return cls(summary, trajectory, events, run_dir)
 
     def analyze(self, config: AnalysisConfig | None = None) -> FactSetResult:
@@ -168,14 +173,14 @@ def check_consistent(summary: FactSetSummary, trajectory: pd.DataFrame, path: Pa
     names = [f.name for f in summary.facts]
     missing = [name for name in names if name not in steps.index]
     if missing or steps.nunique() != 1:
-        what = f"no rows for {missing[0]!r}" if missing else "different steps for different facts"
+        what = f"no rows for {short(missing[0])}" if missing else "different steps for different facts"
         raise PhantomLensError(f"{path} has {what}; the run directory is damaged")
     last = trajectory.sort_values("step").groupby("fact")["margin"].last()
     for fact in summary.facts:
         expected = summary.status == "completed" and bool(last[fact.name] > 0)
         if fact.flipped_at_end != expected:
             raise PhantomLensError(
-                f"{path.parent}: summary.json says {fact.name!r} flipped_at_end={fact.flipped_at_end}, "
+                f"{path.parent}: summary.json says {short(fact.name)} flipped_at_end={fact.flipped_at_end}, "
                 "but its trajectory says otherwise; the run directory is damaged"
             )
 

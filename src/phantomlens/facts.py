@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from phantomlens.errors import PhantomLensError
+from phantomlens.errors import PhantomLensError, clip, listed, short
 
 #: The longest answer accepted, in tokens: each answer costs a forward pass over it at every step.
 MAX_ANSWER_TOKENS = 32
@@ -40,16 +40,17 @@ class Fact:
     def __post_init__(self) -> None:
         for field in ("prompt", "target", "competitor", "name"):
             if not isinstance(getattr(self, field), str):
-                raise PhantomLensError(f"{field} must be text, got {getattr(self, field)!r}")
+                raise PhantomLensError(f"{field} must be text, got {short(getattr(self, field))}")
         if not isinstance(self.chat, bool):
-            raise PhantomLensError(f"chat must be true or false, got {self.chat!r}")
+            raise PhantomLensError(f"chat must be true or false, got {short(self.chat)}")
         for field in ("prompt", "target"):
             if not getattr(self, field).strip():
                 raise PhantomLensError(f"{field} is empty")
         if self.competitor and not self.competitor.strip():
             raise PhantomLensError("competitor is empty")
         if self.target.strip() == self.competitor.strip():
-            raise PhantomLensError(f"target and competitor are the same answer ({self.target.strip()!r})")
+            same = short(self.target.strip())
+            raise PhantomLensError(f"target and competitor are the same answer ({same})")
 
     @property
     def label(self) -> str:
@@ -108,7 +109,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
         return []
     repeated = sorted({name for name in reader.fieldnames if reader.fieldnames.count(name) > 1})
     if repeated:
-        raise PhantomLensError(f"{path}, line 1: the header names {', '.join(repeated)} twice")
+        raise PhantomLensError(f"{path}, line 1: the header names {', '.join(map(clip, repeated))} twice")
     rows = []
     for row in reader:
         if None in row:
@@ -116,7 +117,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
         chat = (row.get("chat") or "").strip().lower()
         if chat and chat not in ("true", "false", "1", "0", "yes", "no"):
             raise PhantomLensError(
-                f"{path}, line {reader.line_num}: chat must be true or false, got {chat!r}"
+                f"{path}, line {reader.line_num}: chat must be true or false, got {short(chat)}"
             )
         cleaned: dict[str, Any] = {k: v for k, v in row.items() if k != "chat" and v is not None}
         if chat:
@@ -145,7 +146,8 @@ def _fact(path: Path, line: int, row: dict) -> Fact:
     missing = [field for field in ("prompt", "target") if field not in row]
     if unknown:
         raise PhantomLensError(
-            f"{path}, line {line}: unknown fields {', '.join(unknown)}; known: {', '.join(FIELDS)}"
+            f"{path}, line {line}: unknown fields {listed([clip(u) for u in unknown])}; "
+            f"known: {', '.join(FIELDS)}"
         )
     if missing:
         raise PhantomLensError(f"{path}, line {line}: missing {', '.join(missing)}")
@@ -159,7 +161,7 @@ def _check_unique(path: Path, facts: list[Fact]) -> None:
     seen: set[str] = set()
     for fact in facts:
         if fact.label in seen:
-            raise PhantomLensError(f"{path}: two facts are named {fact.label!r}; names must be unique")
+            raise PhantomLensError(f"{path}: two facts are named {short(fact.label)}; names must be unique")
         seen.add(fact.label)
 
 
@@ -192,7 +194,7 @@ class TokenizedFact:
 def tokenize_fact(tokenizer, fact: Fact) -> TokenizedFact:
     """Tokenise the prompt (through the chat template when ``fact.chat``) and both answers."""
     if not fact.competitor:
-        raise PhantomLensError(f"fact {fact.label!r} has no competitor; give one")
+        raise PhantomLensError(f"fact {short(fact.label)} has no competitor; give one")
     prompt, prompt_ids = encode_prompt(tokenizer, fact)
     target_ids = encode_answer(tokenizer, fact, prompt, "target")
     competitor_ids = encode_answer(tokenizer, fact, prompt, "competitor")
@@ -200,7 +202,7 @@ def tokenize_fact(tokenizer, fact: Fact) -> TokenizedFact:
     if branch is None:
         shorter = "target" if len(target_ids) < len(competitor_ids) else "competitor"
         raise PhantomLensError(
-            f"fact {fact.label!r}: the {shorter} is a prefix of the other answer, so they never branch "
+            f"fact {short(fact.label)}: the {shorter} is a prefix of the other answer, so they never branch "
             "into different tokens; give answers that differ in some token"
         )
     return TokenizedFact(fact, prompt_ids, target_ids, competitor_ids, branch)
@@ -220,7 +222,7 @@ def encode_answer(tokenizer, fact: Fact, prompt: str, role: str) -> tuple[int, .
     ids = tuple(tokenizer.encode(answer, add_special_tokens=False))
     if not ids or len(ids) > MAX_ANSWER_TOKENS:
         raise PhantomLensError(
-            f"fact {fact.label!r}: the {role} {answer!r} is {len(ids)} tokens; "
+            f"fact {short(fact.label)}: the {role} {short(answer)} is {len(ids)} tokens; "
             f"answers of 1 to {MAX_ANSWER_TOKENS} tokens are accepted"
         )
     return ids

@@ -1,4 +1,5 @@
-"""One line of plain words for every term the command line prints (``phantomlens explain TERM``).
+"""One line of plain words for every term the command line and the logs print (``phantomlens explain
+TERM``), and a second where a fact of several tokens reads the term differently.
 
 The one table of the package's vocabulary: ``phantomlens explain`` prints from it, and every command's
 output ends with a hint naming the terms of this table it printed. The wording follows
@@ -15,13 +16,15 @@ from phantomlens.errors import PhantomLensError
 
 @dataclass(frozen=True)
 class Term:
-    """A term of the output: its name, the other spellings it is asked for by, its meaning, and the
-    pattern that finds it in printed output (None: only asked for, never hinted at)."""
+    """A term of the output: its name, the other spellings it is asked for by, its meaning, the
+    pattern that finds it in printed output (None: only asked for, never hinted at), and how it
+    reads for a fact of several tokens when that differs ('' when it does not)."""
 
     name: str
     meaning: str
     aliases: tuple[str, ...] = ()
     shows: str | None = None
+    facts: str = ""
 
     @property
     def label(self) -> str:
@@ -29,6 +32,10 @@ class Term:
         symbol = next((a for a in self.aliases if not a.isascii()), None)
         return f"{self.name} ({symbol})" if symbol else self.name
 
+
+#: For a fact of several tokens the readout is taken at one position, the flip on the whole answer.
+_AT_BRANCH = "read at the branch position k* (the first token where target and competitor differ)"
+_SEQUENCE = "success still means the sequence margin ℓ(target) − ℓ(competitor) ends positive"
 
 TERMS: tuple[Term, ...] = (
     Term("margin", "by how many logits the target leads the competitor, z(target) − z(competitor) "
@@ -43,9 +50,11 @@ TERMS: tuple[Term, ...] = (
          shows=r"\boutcomes?\b"),
     Term("success", "the target leads the competitor at the end of the run", shows=r"\bsuccess\b"),
     Term("kinematic", "a failure in which the geometry did not work against the target: the drag did "
-         "not worsen, the signal just never got there", shows=r"\bkinematic\b"),
+         "not worsen, the signal just never got there", shows=r"\bkinematic\b",
+         facts=f"judged on the readout at the branch position k* (its drag); {_SEQUENCE}"),
     Term("structural", "a failure in which the drag fell by more than drag_worsening (0.005): the rest "
-         "of the vocabulary pulled Φ towards the competitor", shows=r"\bstructural\b"),
+         "of the vocabulary pulled Φ towards the competitor", shows=r"\bstructural\b",
+         facts=f"judged on the readout at the branch position k* (its drag); {_SEQUENCE}"),
     Term("diverged", "the loss or logits became non-finite, or the loss rose above the cut-off (twice as "
          "bad as a uniform guess); the run stops there and is recorded", ("divergence",),
          r"(?i)\bdiverged\b"),
@@ -59,12 +68,14 @@ TERMS: tuple[Term, ...] = (
          "(Γ and X), not from the readout R", ("real",), r"\bgeometric\b"),
     Term("phi", "the order parameter Φ = F(target) − F(competitor) = signal + drag, in [−1, 1]: whether "
          "the prediction leans geometrically towards the target (> 0) or the competitor (< 0)",
-         ("Φ", "order parameter"), r"Φ"),
+         ("Φ", "order parameter"), r"Φ", _AT_BRANCH),
     Term("signal", "commitment to the target over the competitor, damped by how alike they are: "
-         "S = (p_c − p_n)(1 − G²); positive exactly when flipped", ("S",), r"\bsignal\b"),
+         "S = (p_c − p_n)(1 − G²); positive exactly when flipped", ("S",), r"\bsignal\b",
+         f"{_AT_BRANCH}, while flipped uses the sequence margin: a fact can have positive signal and "
+         "not be flipped"),
     Term("drag", "how the rest of the vocabulary (the bulk) leaks into Φ: D = Σ p_i (G_ic² − G_in²) "
          "over the other tokens; negative when the bulk sits nearer the competitor", ("D",),
-         r"\bdrag\b"),
+         r"\bdrag\b", _AT_BRANCH),
     Term("readout", "R, the part of a change of Φ that comes from the probabilities alone (old "
          "geometry); ΔΦ = R + Γ + X exactly", ("R",), r"\bR/ΔΦ\b"),
     Term("gamma", "Γ, the part of a change of Φ that comes from the embeddings moving (old "
@@ -95,6 +106,31 @@ TERMS: tuple[Term, ...] = (
          "each fact keeps its own outcome", ("fact set",), r"(?i)\bjoint\b|\bin set\b"),
     Term("quantile", "q, the fraction of a fact set that must end flipped: η_c(F, q) is the smallest "
          "peak LR at which at least q of the facts flip", ("q",), r"\bq\s*=|\bquantile\b"),
+    # The scalars that logs (PhantomCallback, phantomlens.probe) and stored results name.
+    Term("loss", "what training minimises: the cross-entropy −log p of the target's token (a fact: the "
+         "mean over its answer's tokens; a fact set: the mean over its facts)"),
+    Term("p_target", "the probability of the target's token (p_competitor: the competitor's) at the "
+         "position read: the next token of a context, the branch position k* of a fact",
+         ("p_competitor", "p(target)", "p(competitor)"), r"\bp\((target|competitor)\)"),
+    Term("rank_target", "the target token's rank among all tokens at the position read (1 = the top "
+         "prediction); rank_competitor likewise", ("rank_competitor", "rank_t", "rank_c"),
+         r"\brank_[tc]\b"),
+    Term("logp_target", "ℓ, the log-probability of a whole answer given the prompt, teacher-forced "
+         "(logp_competitor: the competitor's); a fact's margin is ℓ(target) − ℓ(competitor)",
+         ("logp_competitor", "ℓ", "log p"), r"ℓ\("),
+    Term("margin_branch", "a fact's one-token margin z(target) − z(competitor) at the branch position "
+         "k*; its sign can differ from the sequence margin's, which decides the flip"),
+    Term("loss_branch", "a fact's cross-entropy −log p(target's token) at the branch position k* alone "
+         "(loss is the mean over all the target's tokens)"),
+    Term("fraction_flipped", "the fraction of a fact set's facts whose sequence margin is positive at "
+         "the end (n_flipped of n_facts)", ("n_flipped",)),
+    Term("all_flipped", "1 at a step when every watched context or fact is flipped (margin > 0), else 0"),
+    Term("n_silent_failures", "how many facts of a set ended as silent failures (see silent)"),
+    Term("secure_steps", "consecutive observations at which every watched margin has stayed ≥ "
+         "margin_safe; early stopping stops the run once it reaches patience (3)"),
+    Term("stopped", "the run ended before its last step: early stopping found the flip secure (see "
+         "margin_safe), or a watched value diverged; stop_reason says which, and when",
+         ("stop_reason", "stopped_early"), r"(?m)^stopped\b"),
     Term("symmetry_breaking", "target and competitor separating abruptly in embedding space at a jump: "
          "their motion per unit LR above symmetry_ratio times its median before",
          ("sym.break", "symmetry"), r"\bsym\.break\b"),
@@ -127,10 +163,32 @@ def lookup(word: str) -> Term:
 
 
 def explain(words: list[str] | None = None) -> str:
-    """One line per term asked for (every term when none is), aligned: ``name  meaning``."""
+    """One line per term asked for (every term when none is), aligned: ``name  meaning``; a term
+    that reads differently for a fact of several tokens gets a second, indented line saying how."""
     terms = list(dict.fromkeys(lookup(w) for w in words)) if words else list(TERMS)
     width = max(len(t.label) for t in terms)
-    return "\n".join(f"{t.label.ljust(width)}  {t.meaning}" for t in terms)
+    lines = []
+    for t in terms:
+        lines.append(f"{t.label.ljust(width)}  {t.meaning}")
+        if t.facts:
+            lines.append(f"{'':{width}}  for a fact of several tokens: {t.facts}")
+    return "\n".join(lines)
+
+
+def explain_known(words: list[str]) -> tuple[str, PhantomLensError | None]:
+    """``explain`` of the words the glossary knows ('' if none; every term when no word is given),
+    and the error naming the words it does not know (None when it knows them all)."""
+    unknown = [w for w in words if _key(w) not in _BY_KEY]
+    known = [w for w in words if _key(w) in _BY_KEY]
+    text = explain(known) if known or not words else ""
+    if not unknown:
+        return text, None
+    unknown = list(dict.fromkeys(unknown))
+    names = ", ".join(repr(w) for w in unknown)
+    return text, PhantomLensError(
+        f"no term{'s' if len(unknown) > 1 else ''} {names} in the glossary; "
+        f"known terms: {', '.join(t.name for t in TERMS)}"
+    )
 
 
 def terms_in(text: str) -> list[str]:

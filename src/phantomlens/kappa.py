@@ -26,6 +26,9 @@ __all__ = ["DOMAIN_KEYS", "KappaChoice", "choose_kappa", "resolve_kappa", "shipp
 #: What a calibration's domain pins down: a κ holds for runs that agree on all of these.
 DOMAIN_KEYS = ("mode", "optimizer", "schedule", "steps", "warmup_fraction")
 SHIPPED_WHERE = "the shipped calibration (phantomlens/data/calibration.json)"
+#: The κ a caller may give directly. Fitted κ lie between about 1 and 2.3; a κ of 1e-300 would only
+#: turn η̂_c and the LR to use into numbers no optimiser could run at (a typo, not a calibration).
+KAPPA_GIVEN_RANGE = (1e-3, 1e3)
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,16 @@ def choose_kappa(
     """κ given directly, from ``calibration`` (a file or its contents) when the run lies inside the
     domain it was fitted on, else 1; with ``shipped`` and no ``calibration``, the shipped one."""
     if kappa is not None:
+        low, high = KAPPA_GIVEN_RANGE
         if isinstance(kappa, bool) or not (
             isinstance(kappa, int | float) and math.isfinite(kappa) and kappa > 0
         ):
             raise PhantomLensError(f"kappa must be a positive number, got {kappa}")
+        if not low <= kappa <= high:
+            raise PhantomLensError(
+                f"kappa must be a positive number from {low:g} to {high:g} (1: uncalibrated; fitted κ lie "
+                f"near 1), got {kappa:g}"
+            )
         return KappaChoice(float(kappa), "given")
     if calibration is None and not shipped:
         return KappaChoice(1.0, "uncalibrated")

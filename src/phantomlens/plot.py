@@ -251,6 +251,8 @@ def prediction_figure(prediction) -> Figure:
     """``predict --plot``: the predicted final margin against peak LR (log x), as ``lr_find`` users
     expect, with η̂_c (margin 0), its κ interval, margin_safe and the recommended LR marked.
     ``prediction`` is a ``results.Prediction`` made with ``curve=True``."""
+    import math
+
     from phantomlens.errors import PhantomLensError
 
     p, curve = prediction, prediction.margin_curve
@@ -258,7 +260,18 @@ def prediction_figure(prediction) -> Figure:
         raise PhantomLensError("this prediction has no margin curve: predict with curve=True (or --plot)")
     ax = _axes(None)
     margins = curve["margin"]
-    ax.plot(curve["lr"], margins, color="black", label=f"predicted final margin ({p.variant})")
+    central = f"predicted final margin ({p.variant}), κ = {p.kappa:.3g}"
+    ax.plot(curve["lr"], margins, color="black", label=central)
+    if p.kappa_log_std:  # the recommended LR allows for κ's spread: draw the curve it is read from
+        # m_T with κ·e^−σ at η is the central curve at η·e^−σ: the same points, shifted right by e^σ
+        shift = math.exp(p.kappa_log_std)
+        ax.plot(
+            [lr * shift for lr in curve["lr"]],
+            margins,
+            color="tab:purple",
+            ls="--",
+            label=f"pessimistic: κ·e^−σ = {p.kappa / shift:.3g} (low end of κ's spread)",
+        )
     ax.set_xscale("log")
     ax.axhline(0, color="grey", lw=0.8)
     safe = 1.0 if p.margin_safe is None else p.margin_safe

@@ -40,7 +40,9 @@ def mixed_precision(model: torch.nn.Module, precision: str) -> Iterator[None]:
     head = model.get_output_embeddings()
     handle = head.register_forward_hook(_fp32_head)
     try:
-        with torch.autocast(head.weight.device.type, dtype=torch.bfloat16):
+        # No cast cache: it keeps the first bf16 copy of every weight for as long as the context
+        # lasts, so a whole run inside one context would never see its own updates.
+        with torch.autocast(head.weight.device.type, dtype=torch.bfloat16, cache_enabled=False):
             yield
     finally:
         handle.remove()

@@ -358,9 +358,8 @@ def predict_critical_lr(
 
 
 BF16_NOTE = (
-    "bf16: the forward rounds every weight to bfloat16 (about 3 significant digits), so updates much "
-    "smaller than that rounding (full fine-tuning at LRs near 1e-6) barely reach the model's output; the "
-    "prediction's step model is fp32 arithmetic and can be far too low (measure with a run)"
+    "bf16: step 0 is measured as the bf16 run sees it, but the step model is fp32 arithmetic: the "
+    "rounding of bf16 forwards over the run is not modelled, and the calibration was fitted in fp32"
 )
 
 

@@ -105,13 +105,26 @@ def _as_fact(item) -> Fact | None:
 def context_specs(contexts) -> list[dict]:
     """JSON-ready descriptions of the watched items (for configs and for resuming): a context as
     name/text/target/competitor, a fact as name/prompt/target/competitor/chat."""
+    if isinstance(contexts, str | Context | Fact | dict):
+        contexts = [contexts]  # one item given alone
+    if not isinstance(contexts, list | tuple):
+        raise PhantomLensError(
+            f"contexts must be a list of watched items, got {type(contexts).__name__}; see help(Probe)"
+        )
     specs = []
-    for item in contexts:
-        fact = _as_fact(item)
-        if fact is not None:
-            specs.append({"name": fact.label, **{k: v for k, v in fact.to_dict().items() if k != "name"}})
-            continue
-        name, text, target, competitor = _as_context(item)
+    for number, item in enumerate(contexts, start=1):
+        try:
+            fact = _as_fact(item)
+            if fact is not None:
+                specs.append({"name": fact.label, **{k: v for k, v in fact.to_dict().items() if k != "name"}})
+                continue
+            name, text, target, competitor = _as_context(item)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise PhantomLensError(
+                f"watched item {number} ({type(item).__name__}) is not a built-in context name, a "
+                "(text, target, competitor) tuple, a dict with text/target or prompt/target, or a Fact "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         specs.append({"name": name, "text": text, "target": target, "competitor": competitor})
     if not specs:
         raise PhantomLensError("give at least one context to watch")

@@ -169,6 +169,16 @@ def _outcome_rule(events: dict) -> str:
     )
 
 
+def _stop_and_notes(stopped: bool, completed: int, planned: int, reason: str, notes: list[str]) -> str:
+    """Why a run ended before its last step (early stopping's reason) and its notes, as paragraphs."""
+    stop = (
+        f"<p class=note>stopped early after {completed} of {planned} steps: {_e(reason)}</p>"
+        if stopped
+        else ""
+    )
+    return stop + "".join(f"<p class=note>note: {_e(n)}</p>" for n in notes)
+
+
 def _run_section(index: int, run_dir: Path, summary: dict, trajectory: pd.DataFrame, events: dict) -> str:
     from phantomlens.plot import trajectory_figure
 
@@ -181,6 +191,13 @@ def _run_section(index: int, run_dir: Path, summary: dict, trajectory: pd.DataFr
         f"vs <code>{_e(ctx['competitor'])}</code></h2>",
         f"<p><span class='badge {_e(outcome)}'>{_e(outcome)}</span>{silent} "
         f"{events['n_jumps']} jump(s), {events['n_phantom_jumps']} phantom(s).</p>",
+        _stop_and_notes(
+            bool(summary.get("stopped_early")),
+            summary["steps_completed"],
+            summary["config"]["steps"],
+            summary.get("stop_reason") or "",
+            summary.get("notes") or [],
+        ),
         _facts_table(run_dir, summary),
         f"<img alt='trajectory of run {index}' src='{image}'>",
     ]
@@ -264,14 +281,16 @@ def _badges(outcome: str, silent: bool) -> str:
 
 
 def _fact_set_headline(index: int, result: FactSetResult) -> str:
-    summary, run = result.summary, result.config
+    from phantomlens.clifacts import fact_source
+
+    summary = result.summary
     silent = summary.silent_failures
     named = ", ".join(f"<code>{_e(n)}</code>" for n in silent) if silent else "none"
     reason = f" ({_e(summary.status_reason)})" if summary.status_reason else ""
-    notes = "".join(f"<p class=note>note: {_e(n)}</p>" for n in summary.notes)
+    stop = (summary.stopped_early, summary.steps_completed, result.config.steps, summary.stop_reason)
+    notes = _stop_and_notes(*stop, summary.notes)
     return (
-        f"<h2>Run {index}: fact set of {summary.n_facts} fact{'s' if summary.n_facts != 1 else ''}"
-        f" from <code>{_e(run.facts or 'one fact')}</code></h2>"
+        f"<h2>Run {index}: fact set of {_e(fact_source(summary))}</h2>"
         f"<p><b>{summary.n_flipped} of {summary.n_facts} flipped</b> at the end "
         f"({summary.fraction_flipped:.0%}) · status {_e(summary.status)}{reason} · "
         f"silent failures ({len(silent)}): {named}</p>{notes}"

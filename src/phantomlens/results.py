@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from phantomlens.atomic import read_json, strict_json, write_json_atomic
-from phantomlens.errors import PhantomLensError
+from phantomlens.errors import PhantomLensError, listed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -594,7 +594,7 @@ def _read(cls: type[StoredResult], path: Path, remedy: str = "") -> Any:
 
 def load_run_summary(run_dir: str | Path) -> RunSummary:
     """``RUN_DIR/summary.json`` (the marker of a complete run)."""
-    run_dir = _existing_dir(run_dir)
+    run_dir = existing_dir(run_dir)
     return _read(RunSummary, run_dir / SUMMARY_FILE, "is this a phantomlens run directory?")
 
 
@@ -608,16 +608,16 @@ def load_trajectory(run_dir: str | Path) -> pd.DataFrame:
     """``RUN_DIR/trajectory.parquet``: one row per readout (T + 1 for a completed run)."""
     import pandas as pd
 
-    path = _existing_dir(run_dir) / TRAJECTORY_FILE
+    path = existing_dir(run_dir) / TRAJECTORY_FILE
     if not path.is_file():
         raise PhantomLensError(f"{run_dir} is not a complete phantomlens run (no {TRAJECTORY_FILE})")
     table = read_table(path)
     missing = [c for c in TRAJECTORY_COLUMNS if c not in table]
     if missing:
-        raise PhantomLensError(f"{path} lacks the trajectory columns {', '.join(missing)}")
+        raise PhantomLensError(f"{path} lacks the trajectory columns {listed(missing)}")
     wrong = [c for c in TRAJECTORY_COLUMNS if not pd.api.types.is_numeric_dtype(table[c])]
     if wrong or table.empty:
-        what = ", ".join(wrong) or "the table"
+        what = listed(wrong) or "the table"
         raise PhantomLensError(f"{path}: {what} must hold numbers, one row per step")
     return table
 
@@ -634,6 +634,8 @@ def read_table(path: Path, remedy: str = "") -> pd.DataFrame:
     """A stored parquet table, or one error naming the file (pyarrow raises its own kinds)."""
     import pandas as pd
 
+    if Path(path).is_dir():  # pandas would read a folder as a partitioned dataset, perhaps an empty one
+        raise PhantomLensError(f"{path} is a directory, not a parquet file")
     try:
         return pd.read_parquet(path)
     except Exception as exc:
@@ -650,7 +652,10 @@ def load_run_dir(
 
     Events are None when the run predates events.json, or when ``events=False`` skips reading them.
     """
-    run_dir = _existing_dir(run_dir)
+    run_dir = existing_dir(run_dir)
+    for name, kind in ((SUMMARY_FILE, "JSON"), (TRAJECTORY_FILE, "parquet")):
+        if (run_dir / name).is_dir():
+            raise PhantomLensError(f"{run_dir / name} is a directory, not a {kind} file")
     if not (run_dir / SUMMARY_FILE).is_file() or not (run_dir / TRAJECTORY_FILE).is_file():
         raise PhantomLensError(
             f"{run_dir} is not a complete phantomlens run (no {SUMMARY_FILE} or {TRAJECTORY_FILE})"
@@ -685,8 +690,12 @@ def load_sweep_summary(directory: str | Path) -> SweepSummary:
     return _read(SweepSummary, Path(directory) / SUMMARY_FILE, "has the sweep written its results yet?")
 
 
-def _existing_dir(run_dir: str | Path) -> Path:
+def existing_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path, or one line saying why it is not a run directory."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():  # `analyze runA/summary.json`: the file was named instead of its folder
+        folder = run_dir.parent if run_dir.parent != Path(".") else Path.cwd()
+        raise PhantomLensError(f"{run_dir} is a file, not a run directory (give its folder {folder})")
     if not run_dir.is_dir():
         raise PhantomLensError(f"run directory {run_dir} does not exist")
     return run_dir

@@ -10,6 +10,7 @@ and out by ``phantomlens.results``.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,9 +145,10 @@ def reanalysis(run_dir: str | Path, config: AnalysisConfig | None = None) -> Rea
 
 @dataclass
 class Reanalysis:
-    """A stored run's analysis redone, not yet written. The figure is always redrawn (it is drawn
-    from the results); events.json and summary.json are written when they are missing or differ,
-    and ``write`` refuses to replace a stored value unless told to overwrite."""
+    """A stored run's analysis redone, not yet written. events.json and summary.json are written
+    when they are missing or differ, and the figure with them (it is drawn from them) or when it is
+    missing; an unchanged analysis writes nothing, so a read-only run directory can be analysed.
+    ``write`` refuses to replace a stored value unless told to overwrite."""
 
     run_dir: Path
     result: RunResult | FactSetResult
@@ -155,6 +157,7 @@ class Reanalysis:
     changed: list[str] = field(init=False)  # stored result files whose values this analysis replaces
     fields: list[str] = field(init=False)  # the top-level fields it replaces in them
     added: list[str] = field(init=False)  # result files not stored yet, or stored without some fields
+    writes: list[str] = field(init=False)  # the files ``write`` writes, the figure first; [] if unchanged
 
     def __post_init__(self) -> None:
         new = {EVENTS_FILE: self.result.events.to_dict(), SUMMARY_FILE: self.result.summary.to_dict()}
@@ -168,25 +171,52 @@ class Reanalysis:
         self.changed = [name for name, keys in replaced.items() if keys]
         self.fields = sorted({key for keys in replaced.values() for key in keys})
         self.added = [n for n in self.files if n not in self.changed and stored[n] != self.files[n]]
+        results = [n for n in self.files if n in self.added or n in self.changed]
+        redraw = results or not (self.run_dir / self.figure).is_file()
+        self.writes = [self.figure, *results] if redraw else []
 
     def check(self, overwrite: bool = False) -> None:
-        """A one-line error if writing would replace stored results and ``overwrite`` is not given."""
+        """A one-line error if writing would replace stored results and ``overwrite`` is not given,
+        or if there is something to write and the directory refuses new files."""
         if self.changed and not overwrite:
             fields = ", ".join(self.fields[:4]) + (", …" if len(self.fields) > 4 else "")
             raise PhantomLensError(
                 f"{self.run_dir}: this analysis would change the stored {' and '.join(self.changed)} "
                 f"({fields}); pass --overwrite (overwrite=True) to replace them, or copy the run first"
             )
+        if self.writes:
+            _check_writable(self.run_dir, self.writes)
 
     def write(self, overwrite: bool = False) -> None:
         from phantomlens.atomic import write_bytes_atomic
         from phantomlens.plot import figure_png
 
         self.check(overwrite)
-        write_bytes_atomic(self.run_dir / self.figure, figure_png(self.result.plot()))
+        if self.figure in self.writes:
+            write_bytes_atomic(self.run_dir / self.figure, figure_png(self.result.plot()))
         for name in self.files:  # summary.json last, as when the run was written
-            if name in self.added or name in self.changed:
+            if name in self.writes:
                 write_json_atomic(self.run_dir / name, self.files[name])
+
+
+def _check_writable(run_dir: Path, names: list[str]) -> None:
+    """Fail in one line, before anything is written, when ``run_dir`` refuses new files.
+
+    Every write is a temporary file renamed into place, so creating one is the test; it also holds
+    for root, whom chmod does not stop but a read-only mount does.
+    """
+    for name in names:
+        if (run_dir / name).is_dir():
+            raise PhantomLensError(f"{run_dir / name} is a directory, not a file; the run is damaged")
+    try:
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise PhantomLensError(
+            f"{run_dir}: cannot write {', '.join(names)} there ({reason}); copy the run to a writable "
+            "folder and analyse the copy"
+        ) from None
 
 
 _ABSENT = object()

@@ -25,9 +25,9 @@ def schedule_factor(step: int, steps: int, schedule: str = "cosine", warmup_frac
 
     cosine: linear warm-up over W = ⌈warmup_fraction·T⌉ steps reaching 1 on the last warm-up step,
     then cosine decay that would reach 0 at t = T. Warm-up starts at 1/W, not 0, so no step is wasted.
-    linear: the same warm-up, then linear decay (T − t)/(T − W) that would reach 0 at t = T. After
-    the warm-up this is exactly HF's ``get_linear_schedule_with_warmup`` with W warm-up steps; during
-    it, s_t = HF's factor at t + 1 (HF spends step 0 at LR 0).
+    linear: exactly HF's ``get_linear_schedule_with_warmup`` with W warm-up steps (the Trainer's
+    default): warm-up t/W (so step 0 is at LR 0, as there), then linear decay (T − t)/(T − W)
+    reaching 0 at t = T. A Trainer run and ``--schedule linear`` then have the same Σ s_t.
     """
     if schedule == "constant":
         return 1.0
@@ -35,7 +35,7 @@ def schedule_factor(step: int, steps: int, schedule: str = "cosine", warmup_frac
         raise PhantomLensError(f"schedule must be cosine, linear or constant, got {schedule!r}")
     warmup = math.ceil(warmup_fraction * steps) if warmup_fraction > 0 else 0
     if step < warmup:
-        return (step + 1) / warmup
+        return step / warmup if schedule == "linear" else (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     if schedule == "linear":
         return max(0.0, 1.0 - progress)

@@ -46,6 +46,8 @@ SPECTRAL_TOPK = 1024
 MODES = ("full", "lora")
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "sgd")
+#: How a sweep searches η_c (docs/critical-lr.md): on the final margin, or on the verdict alone.
+SEARCHES = ("root", "bisect")
 
 
 @dataclass
@@ -218,8 +220,14 @@ class SweepConfig(JsonConfig):
         "with --joint: the fraction q of the facts that must end flipped for a run to succeed",
         check=UNIT_INTERVAL,
     )
+    search: str = option(
+        "root",
+        "how η_c is searched: root, root-finding on each run's final margin in log-LR (secant and "
+        "quadratic steps, about 4 runs); bisect, bisection on success/failure alone (about 10)",
+        choices=SEARCHES,
+    )
     tolerance: float = option(
-        0.01, "stop bisecting when the bracket's high/low ratio is ≤ 1 + tolerance", check=OPEN_FRACTION
+        0.01, "stop when the bracket's high/low ratio is ≤ 1 + tolerance", check=OPEN_FRACTION
     )
     factor: float = option(
         4.0,

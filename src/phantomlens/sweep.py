@@ -1,13 +1,15 @@
-"""Critical-LR sweeps (docs/critical-lr.md): bracket then bisect in log-LR, resumable, local or Ray.
+"""Critical-LR sweeps (docs/critical-lr.md): a root search (or bisection) in log-LR, resumable,
+local or Ray.
 
 η_c is the smallest peak LR whose run ends in ``success``; η_max the smallest that diverges.
 A sweep measures built-in contexts, or the facts of a fact file each trained alone (a fact is then
 searched as a context is), or with ``joint`` the whole set trained jointly: η_c(F, q) is the
 smallest peak LR at which at least a fraction q of the facts end flipped.
-The next LR to try is a pure function of the runs already recorded (``plan``), so a sweep that
-was killed resumes by replaying its records: nothing finished is redone or lost. Every run's
-record is written atomically as it completes, so two sweeps on one directory can at worst
-duplicate a run, never corrupt a result.
+The next LR to try is a pure function of the runs already recorded (``plan``, in
+``phantomlens.lrsearch``: root-finding on the runs' final margins, or bisection on their
+verdicts), so a sweep that was killed resumes by replaying its records: nothing finished is redone
+or lost. Every run's record is written atomically as it completes, so two sweeps on one directory
+can at worst duplicate a run, never corrupt a result.
 
 Layout of a sweep directory::
 
@@ -40,6 +42,7 @@ import pandas as pd
 
 from phantomlens.atomic import check_output_dir, write_bytes_atomic, write_json_atomic
 from phantomlens.errors import PhantomLensError, one_line
+from phantomlens.lrsearch import Point, lr_key, plan, replay
 from phantomlens.results import (
     DIVERGED,
     FAILURE,
@@ -80,111 +83,6 @@ GRID_FIELDS = (
     "n_jumps",
     "n_phantom_jumps",
 )
-
-
-def lr_key(lr: float) -> float:
-    """LRs are compared and named at 10 significant digits, so replays hit the same records."""
-    return float(f"{lr:.10g}")
-
-
-@dataclass
-class Plan:
-    next_lr: float | None
-    eta_c: float | None = None
-    bracket_low: float | None = None
-    bracket_high: float | None = None
-    eta_max: float | None = None
-    eta_max_low: float | None = None
-    note: str = ""
-
-
-def plan(records: dict[float, str], start: float, config: SweepConfig) -> Plan:
-    """The next LR to run, or the result when the search is complete (pure: replayable)."""
-    if not records:
-        return Plan(next_lr=lr_key(start))
-    search = _Search(records, config)
-    found = search.eta_c()
-    if found.next_lr is not None:
-        return found
-    return search.eta_max(found)
-
-
-class _Search:
-    """The two phases of ``plan`` over one set of records."""
-
-    def __init__(self, records: dict[float, str], config: SweepConfig) -> None:
-        self.records, self.config = records, config
-        self.tried = sorted(records)
-        self.success = [lr for lr in self.tried if records[lr] == SUCCESS]
-        self.diverged = [lr for lr in self.tried if records[lr] == DIVERGED]
-        self.ratio = 1 + config.tolerance
-
-    def propose(self, lr: float) -> float | None:
-        lr = lr_key(lr)
-        if lr in self.records or not (self.config.min_lr <= lr <= self.config.max_lr):
-            return None
-        return lr
-
-    def narrow(self, low: float, high: float) -> float | None:
-        """The geometric midpoint of a bracket still wider than the tolerance, if it can be tried."""
-        return self.propose(math.sqrt(low * high)) if high / low > self.ratio else None
-
-    def below(self, lr: float) -> list[float]:
-        return [x for x in self.tried if x < lr]
-
-    def eta_c(self) -> Plan:
-        """Phase 1: η_c, the lowest success, bracketed from below by the highest non-success under it."""
-        config, result = self.config, Plan(next_lr=None)
-        if self.success:
-            high = self.success[0]
-            below = self.below(high)
-            if not below:
-                if (nxt := self.propose(high / config.factor)) is not None:
-                    return Plan(next_lr=nxt)
-                result.note = f"succeeds at the lowest LR allowed ({config.min_lr:g})"
-                result.eta_c, result.bracket_high = high, high
-                return result
-            if (nxt := self.narrow(below[-1], high)) is not None:
-                return Plan(next_lr=nxt)
-            result.eta_c, result.bracket_low, result.bracket_high = high, below[-1], high
-        elif self.diverged:
-            below = self.below(self.diverged[0])
-            if not below:
-                if (nxt := self.propose(self.diverged[0] / config.factor)) is not None:
-                    return Plan(next_lr=nxt)
-                result.note = "diverges at the lowest LR allowed"
-            elif (nxt := self.narrow(below[-1], self.diverged[0])) is not None:
-                return Plan(next_lr=nxt)  # is there a success between failing and diverging?
-            else:
-                result.note = "no LR below the divergence limit flips within T"
-        elif (nxt := self.propose(self.tried[-1] * config.factor)) is not None:
-            return Plan(next_lr=nxt)
-        else:
-            result.note = f"no success up to the highest LR allowed ({config.max_lr:g})"
-        return result
-
-    def eta_max(self, result: Plan) -> Plan:
-        """Phase 2: η_max, the lowest divergence, bracketed by the highest non-diverged run under it."""
-        config = self.config
-        if self.diverged:
-            first = self.diverged[0]
-            below = self.below(first)
-            if below and config.eta_max:
-                if (nxt := self.narrow(below[-1], first)) is not None:
-                    return Plan(next_lr=nxt, **_fields(result))
-                result.eta_max_low = below[-1]
-            result.eta_max = first
-        elif config.eta_max and result.eta_c is not None:
-            if (nxt := self.propose(self.tried[-1] * config.factor)) is not None:
-                return Plan(next_lr=nxt, **_fields(result))
-            result.note = (
-                result.note + "; " if result.note else ""
-            ) + f"no divergence up to {config.max_lr:g}"
-        return result
-
-
-def _fields(result: Plan) -> dict:
-    return {k: v for k, v in vars(result).items() if k != "next_lr"}
 
 
 # --- execution ----------------------------------------------------------------------------------
@@ -639,7 +537,7 @@ class Sweep:
             return [lr for lr in wanted if lr not in records and lr not in in_flight]
         if in_flight:
             return []
-        step = plan({lr: r.verdict for lr, r in records.items()}, self.start_lr(context), self.config)
+        step = plan(_points(records), self.start_lr(context), self.config)
         return [] if step.next_lr is None else [step.next_lr]
 
     def prediction(self, context: str) -> Prediction | None:
@@ -649,11 +547,20 @@ class Sweep:
     def start_lr(self, context: str) -> float:
         if self.config.start_lr:
             return self.config.start_lr
-        prediction = self.prediction(context)
-        eta = prediction and (prediction.eta_c_simulated or prediction.eta_c)
+        eta = _first_guess(self.prediction(context))
         if eta and eta > 0:
             return min(max(eta, self.config.min_lr), self.config.max_lr)
         return DEFAULT_LR[self.config.run.mode]
+
+    def starts(self, context: str) -> list[float]:
+        """The LRs a search of ``context`` may have started at: where it starts now first, then
+        every variant of its prediction and the mode's default (earlier versions started at
+        another variant; a directory made by one replays from its own start)."""
+        p = self.prediction(context)
+        etas = [p.eta_c, p.eta_c_first_order, p.eta_c_simulated, p.eta_c_two_point] if p else []
+        low, high = self.config.min_lr, self.config.max_lr
+        found = [self.start_lr(context), *(min(max(e, low), high) for e in etas if e and e > 0)]
+        return list(dict.fromkeys(lr_key(lr) for lr in [*found, DEFAULT_LR[self.config.run.mode]]))
 
     def run(self, progress: bool | None = None) -> pd.DataFrame:
         """Run (or resume) the sweep. ``progress``: None, a line on stderr per finished run and a bar
@@ -730,7 +637,7 @@ class Sweep:
         if kind == "predict":
             prediction = Prediction.from_dict(result)
             prediction.write(self.prediction_path(context))
-            eta = prediction.eta_c_simulated or prediction.eta_c
+            eta = _first_guess(prediction)
             said = f"η̂_c(κ=1) = {eta:.3g}" if eta else "no η̂_c"
             bar.say(f"predicted {context}: {said}; its search starts at lr {self.start_lr(context):.3g}")
             return
@@ -765,7 +672,8 @@ class Sweep:
         rows = []
         for context in self.contexts:
             records = self.records(context)
-            step = plan({lr: r.verdict for lr, r in records.items()}, self.start_lr(context), self.config)
+            points, start = _points(records), self.start_lr(context)
+            step = plan(points, start, self.config)
             rows.append(
                 {
                     "model": run.model,
@@ -777,6 +685,7 @@ class Sweep:
                     **{k: getattr(step, k) for k in ("eta_c", "bracket_low", "bracket_high", "eta_max")},
                     "eta_max_low": step.eta_max_low,
                     "runs_used": len(records),
+                    **_found_by(points, self.starts(context), self.config),
                     "complete": step.next_lr is None,
                     "note": _note(step.note, context in self.unpredicted),
                     **_predicted(self.prediction(context)),
@@ -805,6 +714,33 @@ class Sweep:
             self.out / "summary.json"
         )
         return table
+
+
+def _points(records: dict[float, SweepRunRecord]) -> dict[float, Point]:
+    """What the search reads of each run: its verdict and final margin."""
+    return {lr: Point.of(record) for lr, record in records.items()}
+
+
+def _first_guess(prediction: Prediction | None) -> float | None:
+    """Where a search starts: the κ = 1 prediction of the most accurate variant there is (two-point,
+    then simulated, then the headline's)."""
+    p = prediction
+    return p and (p.eta_c_two_point or p.eta_c_simulated or p.eta_c)
+
+
+def _found_by(points: dict[float, Point], starts: list[float], config: SweepConfig) -> dict:
+    """Which search's path the runs are (``root``, ``bisect``; ``mixed`` when neither's from any
+    start, e.g. a directory resumed with the other search) and how many runs its η_c search used
+    (None until it is complete, or when mixed)."""
+    others = [s for s in ("root", "bisect") if s != config.search]
+    for search in [config.search, *others]:
+        searched = config.replace(search=search)
+        for start in starts:
+            used = replay(points, start, searched)
+            if used is not None:
+                return {"search": search, "runs_eta_c": used}
+    incomplete = plan(points, starts[0], config.replace(eta_max=False)).next_lr is not None
+    return {"search": config.search if incomplete else "mixed", "runs_eta_c": None}
 
 
 def _facts_kind(quantile: float | None) -> str:
