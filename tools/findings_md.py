@@ -475,7 +475,49 @@ def classes_section(c: ClassesClaim) -> list[str]:
             f"| {r.model} | {r.mean_overlap:.3f} | {r.crowding:.1f} | {r.crowding / r.hidden_size:.3f} | "
             f"{r.geometry_class} | {'yes' if r.predicted_sufficient else 'no'} | {flipped} | {right} |"
         )
-    return [*lines, "", verdict(_classes_verdict(c)), ""]
+    return [*lines, "", verdict(_classes_verdict(c)), "", *preregistration_lines()]
+
+
+def preregistration_lines() -> list[str]:
+    """The pre-registered, falsifiable class prediction for the held-out third model (written once
+    by ``python -m tools.preregister`` before any of its sweeps; checked by ``--check``)."""
+    import json
+
+    from tools.preregister import OUT
+
+    if not OUT.is_file():
+        return []
+    r = json.loads(OUT.read_text())
+    held = r["held_out"]
+    built = r["built_from"]
+    rows = [
+        f"| {m} | {b['s']:.4f} | {b['vocab_size']:,} | {b['median_ratio']:.0f} "
+        f"({b['spread'][0]:.2f}–{b['spread'][1]:.2f}× the median) |"
+        for m, b in built.items()
+    ]
+    p = r["predictions"]
+    return [
+        "### Pre-registered: the LoRA/full ratio of a third model",
+        "",
+        "Both models above flip every context under LoRA, so \"LoRA suffices\" cannot fail as defined. "
+        "What can: R = the median over contexts of η_c(LoRA)/η_c(full), how much larger an LR LoRA needs "
+        "for the same flip. From these two models alone (`python -m tools.preregister`, written to "
+        "`benchmarks/results/preregistration.json` before any sweep of the third model, never overwritten; "
+        "`--check` recomputes it from the stored results):",
+        "",
+        "| model | s = E[G²] | vocabulary | R measured (per-context spread) |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+        f"Two rival predictions for {held['model']} (s = {held['s']:.4f}, vocabulary {held['vocab_size']:,}; "
+        "its class statistic was measured on its output embedding, no training): a straight line in log R "
+        f"through the two models against s gives **R = {p['geometry']['R']:.0f}**; against log V, "
+        f"**R = {p['vocabulary']['R']:.0f}**. Each is right when the measured R lies within a factor "
+        f"{r['band']:g} of it. The two differ by less than that factor, so this test can refute both but "
+        "cannot tell them apart. Note the sign: the crowded SmolLM2 (class A) needs the *smaller* LoRA/full "
+        "ratio, the opposite of what the class rule's reading (crowded → LoRA insufficient) suggests.",
+        "",
+    ]
 
 
 # --- 8. blind prediction --------------------------------------------------------------------------
