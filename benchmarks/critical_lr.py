@@ -488,6 +488,84 @@ def use_lines(result: dict) -> list[str]:
         "`constant`; a trainer's own schedule can be given as per-step factors "
         "(`predict_critical_lr(..., factors=[...])`).",
         "",
+        *recommended_lines(),
+    ]
+
+
+def _recommended_row(name: str, s: dict, b: dict | None) -> str:
+    blind = (
+        f"{b['covered']} | {b['reaches_safe']} | {b['flipped']} | {fmt(b['median_ratio_to_eta_c'], '.2f')}"
+        if b
+        else "– | – | – | –"
+    )
+    return (
+        f"| {name} | {s['contexts']} | {s['covered']} | {s['reaches_safe']} | {s['flipped']} | "
+        f"{fmt(s['median_margin'], '.2f')} | {fmt(s['median_ratio_to_eta_c'], '.2f')} | "
+        f"{s['above_every_run']} ({s['above_a_run_at_safe']}) | {blind} |"
+    )
+
+
+def _by_mode(groups: dict, safe: str) -> str:
+    """'LoRA 14 of 15, full 6 of 9' reach margin_safe (of the covered contexts), with the flips."""
+    parts = []
+    for mode, label in (("lora", "LoRA"), ("full", "full")):
+        chosen = [g for name, g in groups.items() if name.endswith("/" + mode)]
+        covered, reach, flipped = (sum(g[k] for g in chosen) for k in ("covered", "reaches_safe", "flipped"))
+        parts.append(f"{label} {reach} of {covered} reached m_T ≥ {safe} ({flipped} flipped)")
+    return "; ".join(parts)
+
+
+def recommended_lines() -> list[str]:
+    """How often the recommended LR reached margin_safe on the stored sweeps
+    (``benchmarks/results/recommended_lr.json``; nothing when it has not been measured)."""
+    path = RESULTS / "recommended_lr.json"
+    if not path.is_file():
+        return []
+    found = json.loads(path.read_text())
+    inside, blind, central = found["in_sample"], found["blind"], found.get("central") or {}
+    safe = f"{found['margin_safe']:g}"
+    covered = sum(s["covered"] for s in inside.values())
+    contexts = sum(s["contexts"] for s in inside.values())
+    rising = sum(bool(c.get("monotone")) for c in found["per_context"])
+    medians = [s["median_ratio_to_eta_c"] for s in inside.values() if s["median_ratio_to_eta_c"]]
+    ratios = f"{min(medians):.1f}–{max(medians):.1f}" if medians else DASH
+    short = [
+        f"{c['model']}/{c['mode']} {c['context']} (m_T = {c['in_sample']['margin']:.2f} at "
+        f"{c['in_sample']['ratio_to_eta_c']:.2f}·η_c)"
+        for c in found["per_context"]
+        if c["in_sample"]["covered"] and not c["in_sample"]["reaches_safe"]
+    ]
+    return [
+        "**Does a run at the recommended LR reach margin_safe?** Measured on the stored sweeps "
+        "(`python -m benchmarks.recommended_lr`): today's default prediction for every context, and the "
+        "final margin the sweep's own runs reached at the recommended LR, interpolated linearly in ln η "
+        "between the two runs that straddle it. A bisection sweep's runs crowd around η_c, so a "
+        "recommendation well above it often lies beyond the highest run: *not covered*, and left out of "
+        f"the counts. Covered: {covered} of {contexts} contexts. **In-sample** (κ and σ were fitted on "
+        f"these same contexts, so they may flatter the rule): {_by_mode(inside, safe)}."
+        + (
+            f" Blind (κ and σ from the other model's contexts only): {_by_mode(blind, safe)}."
+            if blind
+            else ""
+        )
+        + (
+            f" With κ's central value alone (the rule before the e^σ factor): {_by_mode(central, safe)}."
+            if central
+            else ""
+        )
+        + f" The price: the recommendation is a median {ratios}× the measured η_c."
+        + (f" Short of {safe}: {'; '.join(short)}." if short else ""),
+        "",
+        f"| model / mode | contexts | covered | m_T ≥ {safe} | flipped | median m_T | median recommended / η_c | "
+        f"beyond the highest run (which reached {safe}) | blind: covered | m_T ≥ {safe} | flipped | "
+        "median recommended / η_c |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *(_recommended_row(name, s, blind.get(name)) for name, s in inside.items()),
+        "",
+        f"m_T rises with η below divergence (run by run, in {rising} of the {contexts} contexts' sweeps), "
+        f"so a recommendation beyond a run that already ended at m_T ≥ {safe} reaches it too; the number "
+        "in brackets counts those, a bound rather than a measurement.",
+        "",
     ]
 
 

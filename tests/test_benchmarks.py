@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny_models import make_tiny
 
-from benchmarks import early_stop, fact_readout, overhead
+from benchmarks import early_stop, fact_readout, overhead, recommended_lr
 from benchmarks.critical_lr import prediction_passes, range_test
 from phantomlens.results import load_run_dir
 from tools.fmt import add_seconds, device_times, fmt, pct, sci, value_range
@@ -80,6 +80,43 @@ def test_the_fact_readout_benchmark_times_both_variants_on_a_tiny_model():
     prediction = fact_readout.bench_prediction(model, tokenizer, facts[:2], torch.device("cpu"))
     assert prediction.get("skipped") or prediction["seconds_per_fact"] > 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # ran on copies
+
+
+def test_the_recommended_lr_benchmark_interpolates_a_sweep_in_log_lr():
+    # a synthetic sweep whose final margin is exactly linear in ln η (root at η = 1e-4), runs unordered
+    def margin(lr: float) -> float:
+        return 2.0 * np.log(lr / 1e-4)
+
+    lrs = [4e-4, 5e-5, 1e-4, 1.1e-4, 2e-4]
+    runs = [(lr, margin(lr)) for lr in lrs] + [(3e-4, float("nan"))]  # a NaN margin is left out
+    for lr in (6e-5, 1.05e-4, 1.7e-4, 3.5e-4):
+        assert recommended_lr.margin_at(runs, lr) == pytest.approx(margin(lr))
+    assert recommended_lr.margin_at(runs, 2e-4) == margin(2e-4)  # a run at that LR: its own margin
+    assert recommended_lr.margin_at(runs, 4.5e-4) is None and recommended_lr.margin_at(runs, 1e-5) is None
+    assert recommended_lr.margin_at([(1e-4, 0.5)], 1.2e-4) is None  # one run straddles nothing
+
+    row = {"margin_safe": 1.0}
+    inside = recommended_lr.evaluate(row, runs, 1e-4, 1.7e-4)
+    assert inside["covered"] and inside["reaches_safe"] and inside["flipped"]
+    assert inside["ratio_to_eta_c"] == pytest.approx(1.7)
+    short = recommended_lr.evaluate(row, runs, 1e-4, 1.2e-4)  # flipped, but below margin_safe
+    assert short["flipped"] and not short["reaches_safe"]
+    above = recommended_lr.evaluate(row, runs, 1e-4, 1e-3)
+    assert not above["covered"] and above["reaches_safe"] is None
+    assert above["not_covered"] == "above every run" and above["above_a_run_at_safe"]
+    summary = recommended_lr.summary([{"x": inside}, {"x": short}, {"x": above}], "x")
+    assert (summary["covered"], summary["reaches_safe"], summary["flipped"]) == (2, 1, 2)
+    assert summary["above_a_run_at_safe"] == 1 and summary["median_ratio_to_eta_c"] == pytest.approx(1.7)
+
+
+def test_the_blind_kappa_of_a_held_out_model_comes_from_the_other_models():
+    rows = [
+        {"key": "lora/adamw/two-point", "model": m, "kappa_i": k}
+        for m, k in [("a", 1.0), ("a", 4.0), ("b", 9.0), ("b", 9.0)]
+    ]
+    kappas = recommended_lr.blind_kappas({"contexts": rows})
+    assert kappas[("lora/adamw/two-point", "b")] == pytest.approx((2.0, np.log(4.0) / np.sqrt(2)))
+    assert kappas[("lora/adamw/two-point", "a")] == pytest.approx((9.0, 0.0))
 
 
 def test_prediction_costs_come_from_the_library():
