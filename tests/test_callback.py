@@ -8,8 +8,8 @@ import logging
 
 import pytest
 import torch
-from tiny_models import make_tiny, tiny_tokenizer
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from tiny_models import FactDataset, log_recorder, make_tiny, tiny_tokenizer
+from transformers import Trainer, TrainingArguments, default_data_collator
 
 from phantomlens import FactSetResult, PhantomCallback, StopRule
 from phantomlens.errors import PhantomLensError
@@ -20,37 +20,6 @@ FACTS = [
     Fact("The river flows into the", "sea and the", "ocean", "river"),
     Fact("Once upon a time the old man told a long", "story, a long tale", "tale", "tale"),
 ]
-
-
-class FactDataset(torch.utils.data.Dataset):
-    """One fact repeated, its loss over the target's tokens (what phantomlens trains on)."""
-
-    def __init__(self, tokenizer, fact: Fact, length: int = 64):
-        tokenized = tokenize_fact(tokenizer, fact)
-        ids = [*tokenized.prompt_ids, *tokenized.target_ids]
-        labels = [-100] * len(tokenized.prompt_ids) + list(tokenized.target_ids)
-        self.item = {
-            "input_ids": torch.tensor(ids),
-            "attention_mask": torch.ones(len(ids), dtype=torch.long),
-            "labels": torch.tensor(labels),
-        }
-        self.length = length
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        return self.item
-
-
-class StandIn(TrainerCallback):
-    """Stands in for a report_to integration: records every log it is sent."""
-
-    def __init__(self):
-        self.logs = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.logs.append(dict(logs or {}))
 
 
 def trainer(model, tokenizer, out, callbacks, *, steps=10, lr=5e-3, **extra):
@@ -84,7 +53,7 @@ def never_stops() -> StopRule:
 
 def test_passed_in_callbacks_it_reaches_integrations_at_the_trainers_logging_steps(tmp_path):
     model, tokenizer = make_tiny("llama")
-    stand_in, callback = StandIn(), PhantomCallback(FACTS, rule=never_stops())
+    stand_in, callback = log_recorder(), PhantomCallback(FACTS, rule=never_stops())
     run = trainer(model, tokenizer, tmp_path / "t", [stand_in, callback])  # the integration first
     run.train()
     logged = [log for log in stand_in.logs if "phantom/river/margin" in log]
@@ -245,7 +214,7 @@ def test_sft_trainer_from_trl(tmp_path):
         disable_tqdm=True,
     )
     callback = PhantomCallback(FACTS, rule=never_stops())
-    stand_in = StandIn()
+    stand_in = log_recorder()
     trl.SFTTrainer(
         model=model,
         args=config,
@@ -293,7 +262,7 @@ def test_the_trainers_schedule_is_read_from_its_scheduler():
 
 def test_quantities_choose_the_logged_scalars_and_the_table_fits_its_content(tmp_path, caplog):
     model, tokenizer = make_tiny("llama")
-    stand_in = StandIn()
+    stand_in = log_recorder()
     callback = PhantomCallback(FACTS, rule=never_stops(), quantities=["margin", "flipped"], export=False)
     with caplog.at_level(logging.INFO, logger="phantomlens"):
         trainer(model, tokenizer, tmp_path / "t", [stand_in, callback], steps=5).train()

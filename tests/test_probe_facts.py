@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import make_tiny, tiny_config, tiny_pair, tiny_tokenizer
+from tiny_models import FactDataset, log_recorder, make_tiny, tiny_config, tiny_pair, tiny_tokenizer
 from transformers import (
     AutoModelForCausalLM,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
     default_data_collator,
 )
@@ -162,37 +161,6 @@ def test_observing_facts_is_non_destructive():
     assert torch.is_grad_enabled()
 
 
-class FactDataset(torch.utils.data.Dataset):
-    """One fact repeated: labels on the target's tokens only, the prompt masked."""
-
-    def __init__(self, tokenizer, fact: Fact, length: int = 64):
-        tokenized = tokenize_fact(tokenizer, fact)
-        ids = [*tokenized.prompt_ids, *tokenized.target_ids]
-        labels = [-100] * len(tokenized.prompt_ids) + list(tokenized.target_ids)
-        self.item = {
-            "input_ids": torch.tensor(ids),
-            "attention_mask": torch.ones(len(ids), dtype=torch.long),
-            "labels": torch.tensor(labels),
-        }
-        self.length = length
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        return self.item
-
-
-class Recorder(TrainerCallback):
-    """Stands in for a report_to integration: records what reaches on_log."""
-
-    def __init__(self):
-        self.logs = []
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.logs.append(dict(logs or {}))
-
-
 def trainer_for(model, tokenizer, out, max_steps=30, lr=5e-3, logging_steps=1000):
     args = TrainingArguments(
         output_dir=str(out),
@@ -213,7 +181,7 @@ def trainer_for(model, tokenizer, out, max_steps=30, lr=5e-3, logging_steps=1000
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[Recorder()],
+        callbacks=[log_recorder()],
         data_collator=default_data_collator,
     )
 
@@ -226,7 +194,7 @@ def test_callback_logs_every_fact_and_stops_on_a_secure_set(tmp_path):
     trainer.train()
     # Observations at steps 0 (before training), 1 and 2 are secure: training stops after step 2.
     assert trainer.state.global_step == 2 and "flip secure at step 2" in callback.stop_reason
-    recorder = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, Recorder))
+    recorder = next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "LogRecorder")
     seen = [log for log in recorder.logs if "phantom/river/margin" in log]
     assert len(seen) == 2 and seen[-1]["phantom/stopped"] == 1.0
     for name in ("river", "tale", TEXT):

@@ -125,3 +125,39 @@ def tiny_pair(model, tokenizer, text="She felt a deep sense of"):
         logits = last_token_logits(model, ids)
     a, b = tokenizer.encode(" shame")[0], tokenizer.encode(" guilt")[0]
     return (" shame", " guilt") if logits[a] < logits[b] else (" guilt", " shame")
+
+
+class FactDataset(torch.utils.data.Dataset):
+    """One fact repeated, as the Trainer trains it: labels on the target's tokens only
+    (``phantomlens.fact_examples``, the tokenisation the probe and the callback read)."""
+
+    def __init__(self, tokenizer, fact, length: int = 64):
+        from phantomlens.facts import fact_examples
+
+        (example,) = fact_examples(tokenizer, [fact])
+        self.item = {
+            "input_ids": torch.tensor(example["input_ids"]),
+            "attention_mask": torch.ones(len(example["input_ids"]), dtype=torch.long),
+            "labels": torch.tensor(example["labels"]),
+        }
+        self.length = length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        return self.item
+
+
+def log_recorder():
+    """A TrainerCallback standing in for a report_to integration: records every log it is sent."""
+    from transformers import TrainerCallback
+
+    class LogRecorder(TrainerCallback):
+        def __init__(self):
+            self.logs = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.logs.append(dict(logs or {}))
+
+    return LogRecorder()
