@@ -384,3 +384,15 @@ def test_negative_numbers_with_an_exponent_are_values_not_flags(capsys):
     assert parser.parse_args(["sweep", "--out", "s", "--grid", "1e-3", "-1e-2"]).grid == [1e-3, -1e-2]
     code, _, stderr = run_cli(capsys, "predict", "--margin-safe", "-inf")  # refused for what it is
     assert code == 2 and stderr == "error: margin_safe must be a finite number, got -inf\n"
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["analyze"], ["report"], ["sweep"], ["predict"], ["calibrate"], ["classify"],
+                ["contexts"], ["explain"]],
+)  # fmt: skip
+def test_every_help_text_renders(command, capsys):
+    from phantomlens.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0 and "usage: phantomlens" in capsys.readouterr().out

@@ -663,7 +663,7 @@ def _add_sweep(sub) -> None:
 
     sweep = sub.add_parser(
         "sweep",
-        help="measure η_c (and η_max) per context or per fact, to 1%",
+        help="measure η_c (and η_max) per context or per fact, to 1%%",
         description="Find the critical learning rate in log-LR (root-finding on the runs' final "
         "margins, or with --search bisect on their verdicts), per built-in context, "
         "per fact of --facts FILE (each trained alone), or of the whole set with --joint: "
