@@ -187,6 +187,7 @@ def per_context_rows(tables: dict, ranges) -> list[dict]:
                 "eta_c_predicted_kappa1": row.eta_c_predicted_kappa1,
                 "eta_c_predicted_sim_kappa1": getattr(row, "eta_c_predicted_sim_kappa1", None),
                 "eta_c_predicted_two_point_kappa1": getattr(row, "eta_c_predicted_two_point_kappa1", None),
+                "eta_c_predicted_replay_kappa1": getattr(row, "eta_c_predicted_replay_kappa1", None),
                 "note": row.note,
             }
             match = (
@@ -310,6 +311,9 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
         "lora_sufficiency": lora,
         "range_test": range_errors(frame),
         "root_search": _root_search(),
+        "prediction_budget": _prediction_budget(),
+        "lora_gap": _lora_gap(),
+        "kappa_domain": _kappa_domain(),
         "per_context": per_run,
     }
     write_json_atomic(RESULTS / "critical_lr.json", result)
@@ -378,6 +382,19 @@ def passes_words(variant: str) -> str:
     return f"{PASSES[variant]['forward']} forward + {PASSES[variant]['backward']} backward"
 
 
+def replay_passes_words() -> str:
+    from phantomlens.replay import SECANT_STEPS
+    from phantomlens.results import DEFAULT_REFRESHES
+
+    k = DEFAULT_REFRESHES
+    forward = 3 + (k - 1) + 1 + SECANT_STEPS
+    backward = 4 + (k - 1)
+    return (
+        f"{forward} forward + {backward} backward at K = {k} (the two-point's, then K − 1 gradients, "
+        f"1 + {SECANT_STEPS} replayed final margins); {k - 1} + {k - 1} more where the root is measured again"
+    )
+
+
 def intro_lines(result: dict) -> list[str]:
     from phantomlens.settings import SweepConfig
 
@@ -392,7 +409,7 @@ def intro_lines(result: dict) -> list[str]:
         f"budget), measured to {tolerance:.0%} by `phantomlens sweep`: the stored sweeps below bracket and "
         "bisect in log-LR (`--search bisect`); a sweep now root-finds each run's final margin instead "
         "(`--search root`, the default; see *Root search* below).",
-        "Three predictions (`phantomlens predict --variant ...`, all computed on every call), each "
+        "Four predictions (`phantomlens predict --variant ...`, all computed on every call), each "
         "divided by its own fitted κ:",
         "",
         "| variant | passes | what it assumes |",
@@ -404,6 +421,11 @@ def intro_lines(result: dict) -> list[str]:
         f"| two-point | {passes_words('two-point')} | the margin velocity changes linearly with the distance travelled; "
         "A is re-measured half-way (under LoRA the adapters' A matrices only start moving once B ≠ 0), "
         "and m_0 + η·A_0·Σs_t + η²·G·Σ s_t P_t = 0 is solved for η |",
+        f"| replay | {replay_passes_words()} | nothing about the path: the run's own optimiser takes its T "
+        "steps on a copy with the loss gradient measured at K of them (steps 0 and 1, then evenly in "
+        "distance travelled τ_t = η·Σ_{k<t} s_k) and interpolated in τ between; from the two-point root, "
+        "secant steps in ln η replay from the recorded gradients (one forward each); a root more than "
+        "1.5× from where they were measured is measured again there. K = T is the run itself |",
         "",
         "```",
         "phantomlens predict --context shame --mode lora                # η̂_c, its interval, the LR to use",
@@ -572,12 +594,16 @@ def recommended_lines() -> list[str]:
 def _context_row(r: dict) -> str:
     eta, pred = r.get("eta_c"), r.get("eta_c_predicted_kappa1")
     sim, two = r.get("eta_c_predicted_sim_kappa1"), r.get("eta_c_predicted_two_point_kappa1")
+    replay = r.get("eta_c_predicted_replay_kappa1")
     bracket = f"{r['bracket_low']:.4g}–{r['bracket_high']:.4g}" if r.get("bracket_low") else DASH
-    shown = f"{fmt(pred, '.4g')} | {{}} | {fmt(sim, '.4g')} | {{}} | {fmt(two, '.4g')} | {{}}"
+    shown = (
+        f"{fmt(pred, '.4g')} | {{}} | {fmt(sim, '.4g')} | {{}} | {fmt(two, '.4g')} | {{}} | "
+        f"{fmt(replay, '.4g')} | {{}}"
+    )
     if not eta:
         return (
             f"| {r['sweep']} | {r['context']} | – ({r['note'] or 'not finished'}) | {bracket} | {r['runs_used']} | "
-            + shown.format(DASH, DASH, DASH)
+            + shown.format(DASH, DASH, DASH, DASH)
             + " | – | – |"
         )
 
@@ -587,7 +613,7 @@ def _context_row(r: dict) -> str:
     suggestion = r.get("range_test_suggestion")
     return (
         f"| {r['sweep']} | {r['context']} | {eta:.4g} | {bracket} | {r['runs_used']} | "
-        + shown.format(kappa(pred), kappa(sim), kappa(two, "– (no root)"))
+        + shown.format(kappa(pred), kappa(sim), kappa(two, "– (no root)"), kappa(replay))
         + f" | {suggestion if suggestion is None else f'{suggestion:.3g}'} | {pct(r.get('range_test_error'))} |"
     )
 
@@ -600,8 +626,8 @@ def context_lines(result: dict) -> list[str]:
         "",
         "## Measured η_c and the κ = 1 prediction",
         "",
-        "| model / mode | context | η_c | bracket | runs | first-order (κ=1) | κ_i | simulated (κ=1) | κ_i | two-point (κ=1) | κ_i | range test | range-test error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model / mode | context | η_c | bracket | runs | first-order (κ=1) | κ_i | simulated (κ=1) | κ_i | two-point (κ=1) | κ_i | replay (κ=1) | κ_i | range test | range-test error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *map(_context_row, result["per_context"]),
     ]
 
@@ -678,6 +704,109 @@ def cost_and_range_lines(result: dict) -> list[str]:
         "loss descent (torch-lr-finder's conventions). It answers a different question (where the "
         f"loss falls fastest), {where}",
     ]
+
+
+def _prediction_budget() -> list[dict] | None:
+    """Blind error against passes per variant (benchmarks/prediction_budget.py), when measured."""
+    from benchmarks import prediction_budget
+
+    if not prediction_budget.OUT.is_file():
+        return None
+    return prediction_budget.blind_table(json.loads(prediction_budget.OUT.read_text())["rows"])
+
+
+def _lora_gap() -> dict | None:
+    from benchmarks import lora_gap
+
+    if not lora_gap.OUT.is_file():
+        return None
+    stored = json.loads(lora_gap.OUT.read_text())
+    keep = ("model", "mode", "context", "eta_c", "margin_final", "two_point_final", "gap_final", "gap_by_phase")
+    return {"summary": stored["summary"], "rows": [{k: r[k] for k in keep} for r in stored["rows"]]}
+
+
+def _kappa_domain() -> dict | None:
+    from tools import kappa_domain
+
+    if not kappa_domain.OUT.is_file():
+        return None
+    stored = json.loads(kappa_domain.OUT.read_text())
+    return {k: stored[k] for k in ("model", "mode", "contexts", "summary")}
+
+
+def kappa_domain_lines(result: dict) -> list[str]:
+    found = result.get("kappa_domain")
+    if not found or not found["summary"]:
+        return []
+    names = list(next(iter(found["summary"]))["domains"])
+    lines = [
+        "",
+        "## Is κ dimensionless? κ across T and schedules",
+        "",
+        f"κ = η̂_c(κ = 1) / η_c on {found['model']} {found['mode']}, AdamW, contexts "
+        f"{', '.join(found['contexts'])}, in five domains (`python -m tools.kappa_domain`, "
+        "results/kappa-domain/): the geometric mean over the contexts, and in the last column how far "
+        "it moves between domains (largest over smallest).",
+        "",
+        "| variant | " + " | ".join(names) + " | largest / smallest |",
+        "|---|" + "---|" * len(names) + "---|",
+    ]
+    for s in found["summary"]:
+        cells = [fmt(s["domains"].get(n, {}).get("kappa"), ".3f") for n in names]
+        lines.append(f"| {s['variant']} | " + " | ".join(cells) + f" | {s['max_over_min']:.3f} |")
+    return lines
+
+
+def budget_lines(result: dict) -> list[str]:
+    table = result.get("prediction_budget")
+    if not table:
+        return []
+    lines = [
+        "",
+        "## Error against passes",
+        "",
+        "Every variant on the same contexts, blind: κ fitted on the other model's contexts only, the "
+        "held-out model's predicted (`python -m benchmarks.prediction_budget`, "
+        "benchmarks/results/prediction_budget.json). The replay at K gradient measurements; its passes "
+        "vary by context (a second measured replay where the first root lands far from the two-point "
+        "start), so the median and the most are given. A sweep costs about 1,000 passes.",
+        "",
+        "| mode | variant | held-out model | contexts | passes: median (most) | κ (other model) | median abs. error | max abs. error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['mode']} | {r['variant']} | {r['held_out']} | {r['contexts']} | "
+            f"{r['median_passes']:g} ({r['max_passes']:g}) | {r['kappa']:.3f} | "
+            f"{pct(r['median_abs_error'])} | {pct(r['max_abs_error'])} |"
+        )
+    return lines
+
+
+def lora_gap_lines(result: dict) -> list[str]:
+    gap = result.get("lora_gap")
+    if not gap:
+        return []
+    by_mode = {s["mode"]: s for s in gap["summary"]}
+    lines = [
+        "",
+        "## Why the closed forms miss under LoRA",
+        "",
+        "One real run per context at its measured η_c (`python -m benchmarks.lora_gap`, SmolLM2-135M), "
+        "against the two-point variant's margin path at the same LR: the gap m_t − m̂_t (logits), split "
+        "by where it accumulates: the warm-up (first 10% of updates, where B leaves 0), the middle, and "
+        "the schedule's tail (last 30%). A positive gap: the run moved the margin further than the "
+        "two-point path, so the two-point root lies above η_c (κ > 1).",
+        "",
+        "| mode | contexts | run ahead of the path | median final gap | of which warm-up | middle | tail |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, s in by_mode.items():
+        lines.append(
+            f"| {mode} | {s['contexts']} | {s['positive_gaps']} | {s['median_gap_final']:+.2f} | "
+            f"{s['median_warmup']:+.2f} | {s['median_middle']:+.2f} | {s['median_tail']:+.2f} |"
+        )
+    return lines
 
 
 def _root_search() -> dict | None:
@@ -858,6 +987,9 @@ def write_doc(result: dict) -> None:
         use_lines,
         context_lines,
         kappa_and_blind_lines,
+        budget_lines,
+        lora_gap_lines,
+        kappa_domain_lines,
         cost_and_range_lines,
         root_search_lines,
         class_table_lines,

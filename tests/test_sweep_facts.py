@@ -23,6 +23,7 @@ from phantomlens.settings import DEFAULT_LR, SweepConfig
 from phantomlens.sweep import Sweep, subject_key
 
 sweep_module = importlib.import_module("phantomlens.sweep")  # the package exports a function of that name
+REAL_BACKEND = sweep_module._Backend  # the module fixture below swaps in an inline one
 
 FACTS = [
     {"prompt": "She felt a deep sense of", "target": "shame", "competitor": "guilt", "name": "single"},
@@ -259,3 +260,14 @@ def test_bad_fact_sweep_input_is_one_error_line(tmp_path, capsys):
         assert code == 2 and err.startswith("error:") and expected in err, (argv, err)
         assert len(err.splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_uses_the_cores_omp_num_threads_allows(monkeypatch) -> None:
+    from phantomlens.settings import SweepConfig
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    backend = REAL_BACKEND(SweepConfig(contexts=["shame"], workers=1))
+    backend.close()
+    assert (backend.workers, backend.threads) == (1, 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert sweep_module.available_cores() >= 1

@@ -162,6 +162,7 @@ VARIANT_COLUMNS = {
     "first-order": "eta_c_predicted_kappa1",
     "simulated": "eta_c_predicted_sim_kappa1",
     "two-point": "eta_c_predicted_two_point_kappa1",
+    "replay": "eta_c_predicted_replay_kappa1",
 }
 
 

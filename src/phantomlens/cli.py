@@ -206,6 +206,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from phantomlens.atomic import check_output_file, write_bytes_atomic
     from phantomlens.config import from_namespace
     from phantomlens.predict import predict_critical_lr
+    from phantomlens.results import DEFAULT_REFRESHES
     from phantomlens.settings import RunConfig
 
     config = from_namespace(RunConfig, args)
@@ -214,6 +215,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         if args.plot is not None:
             raise PhantomLensError("--plot draws one context's prediction; leave it out with --facts")
+        if args.refreshes is not None or args.variant == "replay":
+            raise PhantomLensError(
+                "the replay (--variant replay, --refreshes) predicts one single-token context; "
+                "a fact file is predicted first-order: leave them out with --facts"
+            )
         args.variant = args.variant or "first-order"  # a fact file is predicted first-order
         return predict_fact_file(config, args)
     if args.csv is not None or args.quantile != 1.0:
@@ -226,6 +232,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         variant=args.variant,
         curve=args.plot is not None,
+        refreshes=DEFAULT_REFRESHES if args.refreshes is None else args.refreshes,
     )
     if args.plot is not None:
         from phantomlens.plot import figure_png, prediction_figure
@@ -266,6 +273,7 @@ def _prediction_lines(p) -> list[str]:
         lines.append(
             f"          κ = 1: first-order {g(p.eta_c_first_order)}, simulated {g(p.eta_c_simulated)}, "
             f"two-point {g(p.eta_c_two_point)}"
+            + (f", replay (K = {p.replay_refreshes}) {g(p.eta_c_replay)}" if p.replay_refreshes else "")
         )
     lines += [f"note      {note}" for note in (p.variant_note, p.kappa_note, p.precision_note) if note]
     if p.margin_safe is not None:  # a prediction stored before LRs were recommended has none
@@ -676,9 +684,31 @@ def _add_sweep(sub) -> None:
     sweep.set_defaults(func=cmd_sweep)
 
 
+def _add_variant_arguments(predict) -> None:
+    from phantomlens.results import DEFAULT_REFRESHES, DEFAULT_VARIANT, VARIANTS
+
+    predict.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default=None,
+        help="which prediction is the headline (all are computed and printed): first-order, "
+        "the formula of docs/critical-lr.md; simulated, the margin followed through Adam's shrinking "
+        "step; two-point, the margin velocity re-measured half-way; replay, the run re-enacted by its "
+        f"own optimiser with K measured gradients (default: {DEFAULT_VARIANT}, the most accurate in the "
+        "stored blind test; first-order for a fact of several tokens)",
+    )
+    predict.add_argument(
+        "--refreshes",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"the replay's gradient measurements K (default: {DEFAULT_REFRESHES}, about 20 passes in "
+        "all; more is slower and closer to the run; 0 skips the replay)",
+    )
+
+
 def _add_predict(sub) -> None:
     from phantomlens.config import add_arguments
-    from phantomlens.results import VARIANTS
     from phantomlens.settings import PREDICT_IGNORES, RunConfig, StopRule
 
     predict = sub.add_parser(
@@ -698,15 +728,7 @@ def _add_predict(sub) -> None:
         type=float,
         help="κ given directly, from 0.001 to 1000 (default: the calibration's; --kappa 1: uncalibrated)",
     )
-    predict.add_argument(
-        "--variant",
-        choices=VARIANTS,
-        default=None,
-        help="which prediction is the headline (all three are computed and printed): first-order, "
-        "the formula of docs/critical-lr.md; simulated, the margin followed through Adam's shrinking "
-        "step; two-point, the margin velocity re-measured half-way (default: two-point, the most "
-        "accurate in the stored blind test; first-order for a fact of several tokens)",
-    )
+    _add_variant_arguments(predict)
     predict.add_argument(
         "--margin-safe",
         type=float,

@@ -40,7 +40,8 @@ from phantomlens.errors import PhantomLensError
 from phantomlens.forward import last_token_logits
 from phantomlens.kappa import KappaChoice, choose_kappa
 from phantomlens.precision import mixed_precision
-from phantomlens.results import VARIANTS, Prediction
+from phantomlens.replay import Replayer, ReplayResult, replay_critical_lr, rising_root
+from phantomlens.results import DEFAULT_REFRESHES, DEFAULT_VARIANT, VARIANTS, Prediction
 from phantomlens.session import load_for_run, prepare_model, resolve_run_context, schedule_factors
 from phantomlens.settings import DEFAULT_LR, MAX_STEPS, RunConfig
 
@@ -49,11 +50,6 @@ PASSES = {
     "simulated": {"forward": 2, "backward": 2},
     "two-point": {"forward": 3, "backward": 4},
 }
-
-#: The variant a prediction uses unless asked: the most accurate on held-out models in the stored
-#: blind test, in both modes (docs/critical-lr.md, "Blind test"). tests/test_predict.py checks that
-#: the shipped calibration's blind test still ranks it first in every mode it covers.
-DEFAULT_VARIANT = "two-point"
 
 
 @dataclass
@@ -66,6 +62,7 @@ class StepZero:
     logit_velocity: torch.Tensor | None  # b: logit change per unit LR of the first update, [V]
     target_id: int
     directions: list | None = None  # the first update's direction per trainable parameter
+    loss_gradient: list | None = None  # ∂L/∂θ at step 0 per trainable parameter (the replay's first)
 
 
 def step_zero(
@@ -105,7 +102,8 @@ def step_zero(
         with torch.no_grad():
             b = (last_token_logits(model, input_ids).double() - z0) / h
         move(params, directions, -h)
-    return StepZero(float(margin.detach()), velocity, z0, b, target_id, directions)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grad_loss, strict=True)]
+    return StepZero(float(margin.detach()), velocity, z0, b, target_id, directions, grads)
 
 
 def move(params: list, directions: list, step: float) -> None:
@@ -144,17 +142,6 @@ def two_point_critical_lr(
     move(params, zero.directions, -displacement)
     curvature = (velocity_mid - zero.velocity) / displacement * quadratic
     return rising_root(curvature, zero.velocity * linear, zero.margin), velocity_mid, curvature
-
-
-def rising_root(a: float, b: float, c: float) -> float | None:
-    """The smallest η > 0 at which c + b·η + a·η² (c < 0) rises through 0; None if it never does."""
-    if abs(a) < 1e-300:
-        return -c / b if b > 0 else None
-    discriminant = b * b - 4 * a * c
-    if discriminant < 0:
-        return None
-    root = (-b + math.sqrt(discriminant)) / (2 * a)
-    return root if root > 0 else None
 
 
 def margin_velocity(model, input_ids, target_id, competitor_id, optimizer) -> tuple[float, float]:
@@ -265,16 +252,26 @@ class Measured:
     velocity_mid: float | None
     quadratic: float | None  # the two-point model's η² coefficient
     passes: dict[str, int]
+    replay: ReplayResult | None = None
 
     def eta1(self, variant: str) -> float | None:
-        return {"first-order": self.first_order, "simulated": self.simulated, "two-point": self.two_point}[
-            variant
-        ]
+        replay = self.replay.eta_c if self.replay else (0.0 if self.first_order == 0.0 else None)
+        return {
+            "first-order": self.first_order,
+            "simulated": self.simulated,
+            "two-point": self.two_point,
+            "replay": replay,
+        }[variant]
 
     def model(self, variant: str, factors: list[float], optimizer: str) -> MarginModel:
-        quadratic = (self.quadratic or 0.0) if variant == "two-point" else 0.0
-        zero = self.zero if variant == "simulated" else None
         linear = self.zero.velocity * sum(factors)
+        quadratic = (self.quadratic or 0.0) if variant == "two-point" else 0.0
+        if variant == "replay" and self.replay and self.replay.eta_c:
+            # The quadratic through m_0 with its slope and through the replay's root: what the
+            # recommended LR and the margin curve are read from (each replay costs T optimiser steps).
+            root = self.replay.eta_c
+            quadratic = -(self.zero.margin + linear * root) / (root * root)
+        zero = self.zero if variant == "simulated" else None
         return MarginModel(variant, self.zero.margin, linear, quadratic, zero, factors, optimizer)
 
 
@@ -287,11 +284,21 @@ class _Request:
     variant: str | None  # None: DEFAULT_VARIANT (first-order for a fact of several tokens)
     factors: list[float] | None  # an explicit schedule (peak 1)
     curve: bool
+    refreshes: int = DEFAULT_REFRESHES
 
     def kappa_for(self, config: RunConfig, variant: str) -> KappaChoice:
         shipped = self.calibration is None or self.calibration is True
         calibration = None if isinstance(self.calibration, bool) else self.calibration
         return choose_kappa(self.kappa, calibration, config, variant, shipped=shipped, factors=self.factors)
+
+
+def checked_refreshes(refreshes) -> int:
+    """K, the replay's gradient measurements: a whole number from 0 (no replay) to MAX_STEPS."""
+    if isinstance(refreshes, bool) or not isinstance(refreshes, int) or not 0 <= refreshes <= MAX_STEPS:
+        raise PhantomLensError(
+            f"refreshes must be a whole number from 0 (no replay) to {MAX_STEPS:,}, got {refreshes!r}"
+        )
+    return refreshes
 
 
 def explicit_factors(factors: Sequence[float] | None) -> list[float] | None:
@@ -320,6 +327,7 @@ def predict_critical_lr(
     variant: str | None = None,
     factors: Sequence[float] | None = None,
     curve: bool = False,
+    refreshes: int = DEFAULT_REFRESHES,
     **overrides,
 ) -> Prediction:
     """η̂_c for the run ``config`` would make (same settings and defaults as ``finetune``), its
@@ -338,7 +346,9 @@ def predict_critical_lr(
     if variant is not None and variant not in VARIANTS:
         raise PhantomLensError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     config = (config or RunConfig()).replace(**overrides)
-    request = _Request(kappa, calibration, variant, explicit_factors(factors), curve)
+    request = _Request(
+        kappa, calibration, variant, explicit_factors(factors), curve, checked_refreshes(refreshes)
+    )
     if request.factors is not None:
         config = config.replace(steps=len(request.factors))
     if config.facts is not None:
@@ -370,7 +380,7 @@ def precision_note(config: RunConfig) -> str | None:
 def _predict_context(config, model, tokenizer, request: _Request, schedule: list[float]) -> Prediction:
     """A single-token context: every variant measured, the chosen one the headline."""
     spec = resolve_run_context(config, tokenizer, model)
-    measured = _measure(model, config, spec, schedule)
+    measured = _measure(model, config, spec, schedule, request.refreshes)
     chosen, note = _final_variant(request.variant, measured)
     margin_model = measured.model(chosen, schedule, config.optimizer)
     return Prediction(
@@ -384,6 +394,9 @@ def _predict_context(config, model, tokenizer, request: _Request, schedule: list
         eta_c_two_point=measured.two_point,
         margin_velocity_mid=measured.velocity_mid,
         two_point_quadratic=measured.quadratic,
+        eta_c_replay=measured.replay and measured.replay.eta_c,
+        replay_refreshes=measured.replay and measured.replay.refreshes,
+        replay_points=measured.replay and [list(point) for point in measured.replay.points],
         margin_initial=measured.zero.margin,
         margin_velocity=measured.zero.velocity,
         passes=measured.passes,
@@ -509,8 +522,9 @@ def _predict_fact(config, model, tokenizer, fact, request: _Request, schedule: l
     )
 
 
-def _measure(model, config, spec, factors: list[float]) -> Measured:
-    """Step-zero measurements and the three κ = 1 predictions, on a private copy of the model.
+def _measure(model, config, spec, factors: list[float], refreshes: int = DEFAULT_REFRESHES) -> Measured:
+    """Step-zero measurements and the κ = 1 predictions, on a private copy of the model
+    (``refreshes`` = 0 skips the replay).
 
     LoRA injection, requires_grad changes and the probe steps must not touch the user's model,
     nor may the LoRA initialisation consume the caller's random numbers.
@@ -526,21 +540,49 @@ def _measure(model, config, spec, factors: list[float]) -> Measured:
         with dependency_noise_off():  # PEFT's deprecation notices are not the user's business
             probe = prepare_model(probe, config)
         probe.eval()
+        replayer = _replayer(probe, config, spec, factors) if refreshes > 0 else None
         with torch.enable_grad(), mixed_precision(probe, config.precision):
             zero = step_zero(probe, spec.input_ids, spec.target_id, spec.competitor_id, config.optimizer)
-        measured = Measured(zero, None, None, None, None, None, dict(PASSES["first-order"]))
-        if zero.margin >= 0:
-            measured.first_order = measured.simulated = measured.two_point = 0.0  # any LR keeps it
-        elif zero.velocity > 0:
-            measured.passes = dict(PASSES["two-point"])  # b (one forward), then A re-measured half-way
-            first_order = -zero.margin / (zero.velocity * sum(factors))
-            measured.first_order = first_order
-            measured.simulated = simulated_critical_lr(zero, factors, config.optimizer, first_order)
-            with mixed_precision(probe, config.precision):
-                measured.two_point, measured.velocity_mid, measured.quadratic = two_point_critical_lr(
-                    probe, spec.input_ids, zero, spec.competitor_id, factors, config.optimizer, first_order
-                )
-        del probe
+            measured = Measured(zero, None, None, None, None, None, dict(PASSES["first-order"]))
+            if zero.margin >= 0:
+                measured.first_order = measured.simulated = measured.two_point = 0.0  # any LR keeps it
+            elif zero.velocity > 0:
+                _closed_forms(measured, probe, config, spec, factors)
+                if replayer is not None:
+                    _replay(measured, replayer, factors, refreshes)
+        del probe, replayer
     finally:
         torch.set_rng_state(rng)
     return measured
+
+
+def _closed_forms(measured: Measured, probe, config, spec, factors: list[float]) -> None:
+    zero = measured.zero
+    measured.passes = dict(PASSES["two-point"])  # b (one forward), then A re-measured half-way
+    first_order = -zero.margin / (zero.velocity * sum(factors))
+    measured.first_order = first_order
+    measured.simulated = simulated_critical_lr(zero, factors, config.optimizer, first_order)
+    measured.two_point, measured.velocity_mid, measured.quadratic = two_point_critical_lr(
+        probe, spec.input_ids, zero, spec.competitor_id, factors, config.optimizer, first_order
+    )
+
+
+def _replayer(probe, config: RunConfig, spec, factors: list[float]) -> Replayer:
+    """Taken before the step-zero probes move the weights, so that every replay starts exactly
+    where the run would."""
+    from phantomlens.session import make_optimizer
+
+    def optimizer(params, lr):
+        return make_optimizer(config.replace(lr=lr), params)
+
+    return Replayer(probe, spec.input_ids, spec.target_id, spec.competitor_id, factors, optimizer)
+
+
+def _replay(measured: Measured, replayer: Replayer, factors: list[float], refreshes: int) -> None:
+    """The replay from the two-point root (first-order where it has none)."""
+    zero = measured.zero
+    replayer.restore()  # undo the rounding of the step-zero probes' move and move back
+    start = measured.two_point or measured.first_order
+    slope = zero.velocity * sum(factors)
+    measured.replay = replay_critical_lr(replayer, zero.loss_gradient, zero.margin, slope, start, refreshes)
+    measured.passes = {k: measured.passes[k] + replayer.passes[k] for k in measured.passes}

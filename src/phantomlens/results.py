@@ -412,7 +412,13 @@ class RunEvents(StoredResult):
 # --- a prediction ----------------------------------------------------------------------------------
 
 #: The prediction variants, cheapest first (docs/critical-lr.md).
-VARIANTS = ("first-order", "simulated", "two-point")
+VARIANTS = ("first-order", "simulated", "two-point", "replay")
+#: The variant a prediction uses unless asked: the most accurate on held-out models in the stored
+#: blind test, in both modes (docs/critical-lr.md, "Blind test"). tests/test_predict.py checks that
+#: the shipped calibration's blind test still ranks it first in every mode it covers.
+DEFAULT_VARIANT = "two-point"
+#: The replay's gradient measurements unless asked (phantomlens.replay).
+DEFAULT_REFRESHES = 6
 
 
 @dataclass(kw_only=True)
@@ -450,6 +456,10 @@ class Prediction(StoredResult):
     two_point_quadratic: float | None = newer()  # G·Σ s_t P_t: m_T = m_0 + η·A·Σs + η²·this (κ = 1)
     margin_curve: dict[str, list[float]] | None = newer()  # predicted final margin per LR (--plot)
     precision_note: str | None = newer()  # a bf16 run: what the fp32 arithmetic of the prediction misses
+    # Added with the replay variant (docs/critical-lr.md); absent from older files.
+    eta_c_replay: float | None = newer()  # the run replayed with K gradient measurements, κ = 1
+    replay_refreshes: int | None = newer()  # K
+    replay_points: list[list] | None = newer()  # [η, m_T, gradients measured] of each replay, in order
 
     def validate(self) -> None:
         if self.margin_curve is not None and (

@@ -248,7 +248,9 @@ class SweepConfig(JsonConfig):
     )
     backend: str = option("local", "where runs execute", choices=("local", "ray"))
     workers: int | None = option(
-        None, "parallel runs (default: one per two CPU cores)", check=both(at_least(1), at_most(256))
+        None,
+        "parallel runs (default: one per two CPU cores; OMP_NUM_THREADS, when set, caps the cores used)",
+        check=both(at_least(1), at_most(256)),
     )
 
     def validate(self) -> None:

@@ -232,10 +232,25 @@ def _commonest_failure(facts) -> str:
     return max(sorted(set(failed)), key=failed.count) if failed else "kinematic"
 
 
+def available_cores() -> int:
+    """The cores this process may use: OMP_NUM_THREADS when the user set it (so that a sweep beside
+    another heavy process can be held to its share), else the CPUs the process is allowed on."""
+    try:
+        asked = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        asked = 0
+    if asked > 0:
+        return asked
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 class _Backend:
     def __init__(self, config: SweepConfig) -> None:
         self.config = config
-        cores = os.cpu_count() or 1
+        cores = available_cores()
         self.workers = config.workers or max(1, cores // 2)
         self.threads = max(1, cores // self.workers)
         if config.backend == "ray":
@@ -557,7 +572,8 @@ class Sweep:
         every variant of its prediction and the mode's default (earlier versions started at
         another variant; a directory made by one replays from its own start)."""
         p = self.prediction(context)
-        etas = [p.eta_c, p.eta_c_first_order, p.eta_c_simulated, p.eta_c_two_point] if p else []
+        variants = [p.eta_c_first_order, p.eta_c_simulated, p.eta_c_two_point, p.eta_c_replay] if p else []
+        etas = [p.eta_c, *variants] if p else []
         low, high = self.config.min_lr, self.config.max_lr
         found = [self.start_lr(context), *(min(max(e, low), high) for e in etas if e and e > 0)]
         return list(dict.fromkeys(lr_key(lr) for lr in [*found, DEFAULT_LR[self.config.run.mode]]))
@@ -619,7 +635,7 @@ class Sweep:
     def _prediction_task(self, context: str) -> dict | None:
         """The task that predicts ``context``'s η_c at κ = 1, unless it is stored or cannot exist."""
         subject = self.subjects[context]
-        if subject.prediction == "none" or self.prediction_path(context).is_file():
+        if subject.prediction == "none" or not _lacks_replay(self.prediction(context)):
             return None
         run = self.run_settings(context)
         return {"kind": "predict", "run": run, "optional": subject.prediction == "optional"}
@@ -722,10 +738,10 @@ def _points(records: dict[float, SweepRunRecord]) -> dict[float, Point]:
 
 
 def _first_guess(prediction: Prediction | None) -> float | None:
-    """Where a search starts: the κ = 1 prediction of the most accurate variant there is (two-point,
-    then simulated, then the headline's)."""
+    """Where a search starts: the κ = 1 prediction of the most accurate variant there is (replay,
+    two-point, then simulated, then the headline's)."""
     p = prediction
-    return p and (p.eta_c_two_point or p.eta_c_simulated or p.eta_c)
+    return p and (p.eta_c_replay or p.eta_c_two_point or p.eta_c_simulated or p.eta_c)
 
 
 def _found_by(points: dict[float, Point], starts: list[float], config: SweepConfig) -> dict:
@@ -753,6 +769,17 @@ def _note(note: str, unpredicted: bool) -> str:
     return "; ".join(filter(None, [note, "no prediction" if unpredicted else ""]))
 
 
+def _lacks_replay(prediction: Prediction | None) -> bool:
+    """No prediction yet, or one stored before the replay variant, for a context it applies to (a
+    single-token context whose competitor leads and whose margin the first update moves up): such
+    a prediction is made again on resume, so that calibration can fit the replay's κ."""
+    if prediction is None:
+        return True
+    single_token = prediction.eta_c_simulated is not None  # a fact of several tokens has no simulation
+    replayable = single_token and prediction.margin_initial < 0 and prediction.margin_velocity > 0
+    return replayable and prediction.replay_refreshes is None
+
+
 def _predicted(prediction: Prediction | None) -> dict:
     """A results row's prediction columns (all None before the prediction is stored)."""
     p = prediction
@@ -763,6 +790,7 @@ def _predicted(prediction: Prediction | None) -> dict:
         "eta_c_predicted_kappa1": p and p.eta_c_first_order,
         "eta_c_predicted_sim_kappa1": p and p.eta_c_simulated,
         "eta_c_predicted_two_point_kappa1": p and p.eta_c_two_point,
+        "eta_c_predicted_replay_kappa1": p and p.eta_c_replay,
     }
 
 

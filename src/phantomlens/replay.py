@@ -1,0 +1,233 @@
+"""The replay prediction: the run itself, re-enacted with K gradient measurements instead of T.
+
+A run's final margin m_T(η) is what its optimiser makes of T gradients. The replay takes those T
+steps with the run's own optimiser (the torch AdamW or SGD the run builds, its betas, its schedule,
+its bias correction) on the trainable parameters of a private copy, but measures the loss gradient
+at only K of the steps (one forward and one backward each). Between measurements the gradient is
+interpolated linearly in the distance travelled, τ_t = η·P_t with P_t = Σ_{k<t} s_k, and past the
+last one it is extrapolated. With K = T the replay is the run, step for step.
+
+This is what the closed-form variants cannot see: under LoRA the adapters' A matrices get no
+gradient while B = 0, then Adam's normalisation moves them at full speed from the second step on,
+and B's own speed then grows with A's displacement; Adam's step shrinks where gradients change sign;
+the schedule's tail weighs late gradients less. The replay has all of it, because it runs Adam.
+
+Root-finding needs no further gradients. Adam's step is about η·s_t per parameter whatever the
+gradient's size, so a run's path depends on η mostly through the distance τ: the gradients recorded
+at one LR η₁ are read at the same τ for a nearby η, and each further η costs one forward pass (its
+final margin). The search starts from the quadratic through m_0, its slope A·Σ s_t and m_T(η₁), then
+takes secant steps in ln η.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from phantomlens.forward import last_token_logits
+from phantomlens.results import DEFAULT_REFRESHES  # K: 20 passes in all with the two-point start
+
+SECANT_STEPS = 2
+#: A root this far (as a factor) from the LR whose gradients were recorded gets a second measured
+#: replay there: the recorded path is then too unlike the root's own.
+REMEASURE_FACTOR = 1.5
+#: Recorded gradients are kept in the parameters' dtype up to this many bytes, in bfloat16 beyond
+#: (a full fine-tune of a large model would otherwise hold K copies of its weights).
+RECORD_BUDGET_BYTES = 2 * 1024**3
+
+
+def refresh_steps(factors: list[float], refreshes: int) -> list[int]:
+    """The steps whose gradient is measured: 0 and 1, then evenly spaced in distance travelled.
+
+    Step 1 is always measured because the first update can change the gradient's shape, not only
+    its size (under LoRA, A's gradient is 0 until B has moved)."""
+    steps = len(factors)
+    if refreshes >= steps:
+        return list(range(steps))
+    prefix = distances(factors)
+    chosen = {0, 1} if refreshes >= 2 else {0}
+    extra = refreshes - len(chosen)
+    for j in range(1, extra + 1):
+        goal = prefix[-1] * j / (extra + 1)
+        chosen.add(max(2, min(range(steps), key=lambda t: abs(prefix[t] - goal))))
+    return sorted(chosen)
+
+
+def distances(factors: list[float]) -> list[float]:
+    """P_t = Σ_{k<t} s_k: how far (per unit LR) a run has travelled before step t."""
+    prefix, total = [], 0.0
+    for factor in factors:
+        prefix.append(total)
+        total += factor
+    return prefix
+
+
+@dataclass
+class GradientRecord:
+    """Loss gradients measured along one replay, at increasing distance τ."""
+
+    taus: list[float] = field(default_factory=list)
+    grads: list[list[torch.Tensor]] = field(default_factory=list)
+
+    def add(self, tau: float, grads: list[torch.Tensor], dtype: torch.dtype) -> None:
+        self.taus.append(tau)
+        self.grads.append([g.detach().to(dtype) for g in grads])
+
+    def at(self, tau: float) -> list[torch.Tensor]:
+        """The gradient at τ: linear between the two nearest measurements, extrapolated past the
+        last two (constant while there is only one)."""
+        if len(self.taus) == 1:
+            return self.grads[0]
+        j = 1
+        while j < len(self.taus) - 1 and self.taus[j] < tau:
+            j += 1
+        t0, t1 = self.taus[j - 1], self.taus[j]
+        if t1 <= t0:
+            return self.grads[j]
+        w = (tau - t0) / (t1 - t0)
+        return [a + w * (b - a) for a, b in zip(self.grads[j - 1], self.grads[j], strict=True)]
+
+
+@dataclass
+class Replayer:
+    """Replays the run on ``model``'s trainable parameters, restoring them after every replay."""
+
+    model: torch.nn.Module
+    input_ids: torch.Tensor
+    target_id: int
+    competitor_id: int
+    factors: list[float]
+    make_optimizer: object  # callable(params, lr) -> torch.optim.Optimizer, as the run builds it
+    passes: dict[str, int] = field(default_factory=lambda: {"forward": 0, "backward": 0})
+
+    def __post_init__(self) -> None:
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.initial = [p.detach().clone() for p in self.params]
+
+    def loss_gradient(self) -> list[torch.Tensor]:
+        logits = last_token_logits(self.model, self.input_ids)
+        target = torch.tensor([self.target_id], device=logits.device)
+        loss = torch.nn.functional.cross_entropy(logits.float().unsqueeze(0), target)
+        grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+        self.passes["forward"] += 1
+        self.passes["backward"] += 1
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
+
+    def final_margin(
+        self, eta: float, record: GradientRecord, measure_at: list[int] | None = None
+    ) -> float:
+        """m_T after the T steps at peak LR ``eta``. With ``measure_at``, the gradient is measured
+        at those steps (added to ``record``, which must then hold step 0's); else read from it."""
+        prefix = distances(self.factors)
+        dtype = self._record_dtype(len(measure_at or []))
+        optimizer = self.make_optimizer(self.params, eta)
+        try:
+            with torch.enable_grad():
+                for step, factor in enumerate(self.factors):
+                    tau = eta * prefix[step]
+                    if measure_at and step in measure_at and step > 0:
+                        record.add(tau, self.loss_gradient(), dtype)
+                    for parameter, grad in zip(self.params, record.at(tau), strict=True):
+                        parameter.grad = grad.to(parameter.dtype, copy=True)
+                    for group in optimizer.param_groups:
+                        group["lr"] = eta * factor
+                    optimizer.step()
+            with torch.no_grad():
+                logits = last_token_logits(self.model, self.input_ids)
+            self.passes["forward"] += 1
+            return float(logits[self.target_id] - logits[self.competitor_id])
+        finally:
+            self.restore()
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for parameter, value in zip(self.params, self.initial, strict=True):
+                parameter.copy_(value)
+                parameter.grad = None
+
+    def _record_dtype(self, measurements: int) -> torch.dtype:
+        dtype = self.params[0].dtype if self.params else torch.float32
+        size = sum(p.numel() for p in self.params) * torch.finfo(dtype).bits // 8
+        return torch.bfloat16 if size * (measurements + 1) > RECORD_BUDGET_BYTES else dtype
+
+
+@dataclass
+class ReplayResult:
+    eta_c: float | None  # κ = 1
+    eta_start: float  # η₁, where the gradients were measured
+    margin_start: float  # m_T(η₁)
+    refreshes: int
+    points: list[tuple[float, float, bool]]  # (η, m_T, gradients measured) of every replay, in order
+
+
+def replay_critical_lr(
+    replayer: Replayer,
+    grad_zero: list[torch.Tensor],
+    margin: float,
+    slope: float,
+    eta_start: float,
+    refreshes: int = DEFAULT_REFRESHES,
+    secant_steps: int = SECANT_STEPS,
+) -> ReplayResult:
+    """η̂_c (κ = 1) from a replay at ``eta_start`` measuring ``refreshes`` gradients, then secant
+    steps on replays from that record. When the root lies more than ``REMEASURE_FACTOR`` from where
+    the gradients were measured, their path is not the root's: the replay is measured again there
+    and the secant repeated. ``margin``, ``slope``: m_0 and dm_T/dη at 0 (A·Σ s_t)."""
+    points: list[tuple[float, float]] = []
+    eta, guess = eta_start, None
+    for _ in range(2):
+        record = GradientRecord()
+        record.add(0.0, grad_zero, replayer._record_dtype(refreshes))
+        measured = replayer.final_margin(eta, record, refresh_steps(replayer.factors, refreshes))
+        points.append((eta, measured, True))
+        guess = _quadratic_root(margin, slope, eta, measured) or eta
+        guess = _secant_on(replayer, record, points, guess, secant_steps)
+        if guess is None or 1 / REMEASURE_FACTOR < guess / eta < REMEASURE_FACTOR:
+            break
+        eta = guess
+    best = guess if guess is not None else _closest_to_zero(points)
+    return ReplayResult(best, eta_start, points[0][1], refreshes, points)
+
+
+def _secant_on(replayer: Replayer, record: GradientRecord, points: list, guess: float, steps: int):
+    """``steps`` secant steps in ln η, each replayed from ``record`` (one forward pass)."""
+    for _ in range(steps):
+        if not (guess > 0 and math.isfinite(guess)):
+            return None
+        points.append((guess, replayer.final_margin(guess, record), False))
+        guess = _secant(points[-2], points[-1])
+        if guess is None:
+            return None
+    return guess
+
+
+def _quadratic_root(margin: float, slope: float, eta: float, value: float) -> float | None:
+    curvature = (value - margin - slope * eta) / (eta * eta)
+    return rising_root(curvature, slope, margin)
+
+
+def rising_root(a: float, b: float, c: float) -> float | None:
+    """The smallest η > 0 at which c + b·η + a·η² (c < 0) rises through 0; None if it never does."""
+    if abs(a) < 1e-300:
+        return -c / b if b > 0 else None
+    discriminant = b * b - 4 * a * c
+    if discriminant < 0:
+        return None
+    root = (-b + math.sqrt(discriminant)) / (2 * a)
+    return root if root > 0 else None
+
+
+def _secant(a: tuple, b: tuple) -> float | None:
+    """The next η of a secant step in ln η through two (η, m_T, …) points; None when they are level."""
+    (x0, y0), (x1, y1) = a[:2], b[:2]
+    if y1 == y0 or x0 <= 0 or x1 <= 0:
+        return None
+    log_eta = math.log(x1) - y1 * (math.log(x1) - math.log(x0)) / (y1 - y0)
+    step = log_eta - math.log(x1)
+    return math.exp(math.log(x1) + max(-2.0, min(2.0, step)))  # at most e² per step
+
+
+def _closest_to_zero(points: list[tuple]) -> float:
+    return min(points, key=lambda point: abs(point[1]))[0]

@@ -1,0 +1,117 @@
+"""The replay variant: the run re-enacted with K gradient measurements (phantomlens.replay)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny_models import make_tiny, tiny_pair
+
+from phantomlens.errors import PhantomLensError
+from phantomlens.predict import _replayer, predict_critical_lr, step_zero
+from phantomlens.replay import GradientRecord, refresh_steps
+from phantomlens.session import prepare_model, resolve_run_context, schedule_factors
+from phantomlens.settings import RunConfig
+from phantomlens.train import finetune
+
+TEXT = "She felt a deep sense of"
+
+
+def replayer_for(model, tokenizer, config: RunConfig):
+    probe = copy.deepcopy(model)
+    torch.manual_seed(config.seed)  # the LoRA initialisation the run gets
+    probe = prepare_model(probe, config)
+    probe.eval()
+    spec = resolve_run_context(config, tokenizer, probe)
+    factors = schedule_factors(config.steps, config.schedule, config.warmup_fraction)
+    return _replayer(probe, config, spec, factors), spec
+
+
+@pytest.mark.parametrize(
+    ("arch", "mode", "optimizer", "schedule"),
+    [
+        ("llama", "full", "adamw", "cosine"),
+        ("llama", "lora", "adamw", "linear"),
+        ("gpt2", "full", "sgd", "constant"),
+        ("gpt_neox", "lora", "adamw", "cosine"),
+    ],
+)
+def test_a_replay_measuring_every_step_is_the_run(arch, mode, optimizer, schedule) -> None:
+    model, tokenizer = make_tiny(arch)
+    target, competitor = tiny_pair(model, tokenizer, TEXT)
+    lr = 3e-3 if optimizer == "adamw" else 3e-1
+    settings = dict(context=TEXT, target=target, competitor=competitor, mode=mode, optimizer=optimizer)
+    settings |= dict(steps=8, schedule=schedule, lr=lr)
+    config = RunConfig(**settings)
+    replayer, spec = replayer_for(model, tokenizer, config)
+    zero = step_zero(replayer.model, spec.input_ids, spec.target_id, spec.competitor_id, optimizer)
+    replayer.restore()
+    record = GradientRecord()
+    record.add(0.0, zero.loss_gradient, torch.float32)
+    replayed = replayer.final_margin(lr, record, measure_at=list(range(8)))
+
+    run = finetune(model=model, tokenizer=tokenizer, progress=False, **settings)
+    assert replayed == pytest.approx(run.summary.margin_final, abs=2e-4)
+    assert replayer.passes == {"forward": 8, "backward": 7}  # 7 measured gradients, one final margin
+
+
+def test_a_replay_leaves_its_copy_where_it_started_and_the_users_model_untouched() -> None:
+    model, tokenizer = make_tiny("llama")
+    target, competitor = tiny_pair(model, tokenizer, TEXT)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = RunConfig(context=TEXT, target=target, competitor=competitor, mode="full", steps=6)
+    replayer, spec = replayer_for(model, tokenizer, config)
+    start = [p.detach().clone() for p in replayer.params]
+    zero = step_zero(replayer.model, spec.input_ids, spec.target_id, spec.competitor_id, "adamw")
+    replayer.restore()
+    record = GradientRecord()
+    record.add(0.0, zero.loss_gradient, torch.float32)
+    replayer.final_margin(1e-2, record, measure_at=[0, 1, 3])
+    assert all(torch.equal(a, b) for a, b in zip(start, replayer.params, strict=True))
+    assert all(p.grad is None for p in replayer.params)
+    assert len(record.taus) == 3 and record.taus == sorted(record.taus)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_gradient_record_interpolates_in_distance_and_extrapolates_past_the_ends() -> None:
+    record = GradientRecord()
+    record.add(0.0, [torch.tensor([0.0, 2.0])], torch.float32)
+    assert torch.equal(record.at(5.0)[0], torch.tensor([0.0, 2.0]))  # one measurement: held
+    record.add(1.0, [torch.tensor([1.0, 2.0])], torch.float32)
+    record.add(3.0, [torch.tensor([3.0, 0.0])], torch.float32)
+    assert torch.allclose(record.at(0.5)[0], torch.tensor([0.5, 2.0]))
+    assert torch.allclose(record.at(2.0)[0], torch.tensor([2.0, 1.0]))
+    assert torch.allclose(record.at(4.0)[0], torch.tensor([4.0, -1.0]))  # past the last: extrapolated
+
+
+def test_refresh_steps_measure_steps_zero_and_one_then_spread_over_the_distance() -> None:
+    factors = schedule_factors(50, "cosine", 0.1)
+    steps = refresh_steps(factors, 6)
+    assert steps[:2] == [0, 1] and len(steps) == 6 and steps == sorted(set(steps))
+    assert refresh_steps(factors, 1) == [0]
+    assert refresh_steps(factors[:5], 9) == [0, 1, 2, 3, 4]  # K ≥ T: every step, the run itself
+
+
+def test_predict_reports_the_replay_and_what_it_cost() -> None:
+    model, tokenizer = make_tiny("llama")
+    target, competitor = tiny_pair(model, tokenizer, TEXT)
+    ctx = {"context": TEXT, "target": target, "competitor": competitor}
+    p = predict_critical_lr(model=model, tokenizer=tokenizer, steps=20, variant="replay", refreshes=4, **ctx)
+    if p.margin_velocity <= 0:
+        pytest.skip("this seed's first update moves the margin down")
+    assert p.variant == "replay" and p.replay_refreshes == 4
+    assert p.eta_c_replay is not None and p.eta_c_replay > 0
+    assert p.eta_c == pytest.approx(p.eta_c_replay / p.kappa)
+    # two-point (3 + 4); per measured replay 3 more gradients; one forward per replayed LR
+    measured = sum(1 for point in p.replay_points if point[2])
+    assert p.replay_points[0][2] and measured in (1, 2)
+    assert p.passes == {"forward": 3 + 3 * measured + len(p.replay_points), "backward": 4 + 3 * measured}
+    none = predict_critical_lr(model=model, tokenizer=tokenizer, steps=20, refreshes=0, **ctx)
+    assert none.eta_c_replay is None and none.passes == {"forward": 3, "backward": 4}
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "6", 10**9])
+def test_bad_refreshes_are_refused_before_loading(bad) -> None:
+    with pytest.raises(PhantomLensError, match="refreshes must be a whole number"):
+        predict_critical_lr(model="not loaded", refreshes=bad)
