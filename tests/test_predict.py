@@ -585,3 +585,21 @@ def test_a_fact_file_whose_facts_already_reach_margin_safe_may_use_any_lr(tiny_d
     assert main(argv) == 0
     use = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("use"))
     assert use == "use       any LR: every fact already has margin ≥ margin_safe = -1e+09 at step 0"
+
+
+def test_a_widened_domain_holds_for_its_schedules_and_range_of_t_and_is_checked():
+    model, tokenizer, ctx = setup()
+    kwargs = {"model": model, "tokenizer": tokenizer, "variant": "first-order", "refreshes": 0, **ctx}
+    point = {"mode": "full", "optimizer": "adamw", "warmup_fraction": 0.1}
+    widened = {"kappa": {"full/adamw/first-order": {"value": 2.0, "log_std": 0.1, "domain": [
+        {**point, "schedule": ["constant", "cosine"], "steps": [20, 100]}
+    ]}}}  # fmt: skip
+    for inside in ({"steps": 20}, {"steps": 73, "schedule": "constant"}, {"steps": 100}):
+        assert predict_critical_lr(calibration=widened, **kwargs, **inside).kappa == 2.0, inside
+    for outside in ({"steps": 19}, {"steps": 101}, {"schedule": "linear"}):
+        p = predict_critical_lr(calibration=widened, **kwargs, **outside)
+        assert p.kappa == 1.0 and "fitted on full/adamw, constant or cosine, T = 20–100" in p.kappa_note
+    for bad in ({"steps": [100, 20]}, {"steps": [20]}, {"schedule": []}, {"steps": [True, 3]}):
+        entry = {"value": 1, "domain": [{**point, "schedule": "cosine", "steps": 50, **bad}]}
+        with pytest.raises(PhantomLensError, match="must name mode, optimizer, schedule"):
+            predict_critical_lr(calibration={"kappa": {"full/adamw/first-order": entry}}, **kwargs)

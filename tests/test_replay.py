@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from tiny_models import make_tiny, tiny_pair
 
 from phantomlens.errors import PhantomLensError
 from phantomlens.predict import _replayer, predict_critical_lr, step_zero
-from phantomlens.replay import GradientRecord, refresh_steps
+from phantomlens.replay import GradientRecord, refresh_steps, replay_critical_lr
 from phantomlens.session import prepare_model, resolve_run_context, schedule_factors
 from phantomlens.settings import RunConfig
 from phantomlens.train import finetune
@@ -115,3 +116,41 @@ def test_predict_reports_the_replay_and_what_it_cost() -> None:
 def test_bad_refreshes_are_refused_before_loading(bad) -> None:
     with pytest.raises(PhantomLensError, match="refreshes must be a whole number"):
         predict_critical_lr(model="not loaded", refreshes=bad)
+
+
+class FakeReplayer:
+    """m_T(η) from a formula; a replay from a record is off by ``record_error`` per unit ln(η/η_measured)."""
+
+    def __init__(self, final, record_error: float = 0.0, steps: int = 10) -> None:
+        self.final, self.record_error = final, record_error
+        self.factors = [1.0] * steps
+        self.measured_at: list[float] = []
+        self.replayed: list[tuple[float, float]] = []  # (η, the η its record was measured at)
+
+    def _record_dtype(self, measurements: int):
+        return torch.float32
+
+    def final_margin(self, eta, record, measure_at=None):
+        if measure_at is not None:
+            self.measured_at.append(eta)
+            return self.final(eta)
+        self.replayed.append((eta, self.measured_at[-1]))
+        return self.final(eta) + self.record_error * abs(math.log(eta / self.measured_at[-1]))
+
+
+def test_the_replay_search_finds_the_root_of_an_exact_margin_curve() -> None:
+    root = 2e-4
+    fake = FakeReplayer(lambda eta: -2.0 + eta / root + (eta / root) ** 2)  # root at η = root
+    result = replay_critical_lr(fake, [torch.zeros(1)], -2.0, 1.0 / root, 1.3 * root, refreshes=3)
+    assert result.eta_c == pytest.approx(root, rel=1e-3)
+    assert len(fake.measured_at) == 1  # the start was inside the trust region: one measured replay
+
+
+def test_a_far_start_is_measured_again_and_record_replays_stay_near_their_measurement() -> None:
+    root = 1e-4
+    fake = FakeReplayer(lambda eta: 3.0 * math.log(eta / root), record_error=0.3)
+    result = replay_critical_lr(fake, [torch.zeros(1)], -3.0, 3.0 / root, 4 * root, refreshes=3)
+    assert len(fake.measured_at) == 2 and fake.measured_at[0] == 4 * root
+    assert all(1 / 1.5 - 1e-9 <= eta / at <= 1.5 + 1e-9 for eta, at in fake.replayed)
+    assert result.eta_c == pytest.approx(root, rel=0.15)
+    assert [p[2] for p in result.points].count(True) == 2

@@ -7,6 +7,9 @@ a cosine schedule made the answer 2.2× too low at T = 20. So every κ entry of 
 records its *domain*, the (mode, optimiser, schedule, T, warm-up fraction) of the sweeps it was
 fitted on, and a κ is applied only to a run inside it; outside, κ = 1 and the prediction says so.
 A file written before domains were recorded is accepted, with a note that it could not be checked.
+A fitted point may widen to several schedules (a list) and a range of T (``[low, high]``) where κ
+was measured not to move across them (``python -m tools.kappa_domain``; the shipped file does so
+only for a variant whose κ moved less than its own spread between the measured domains).
 The package ships one calibration (``phantomlens/data/calibration.json``, made by
 ``python -m tools.ship_calibration`` from the stored benchmark sweeps), used by default.
 """
@@ -151,24 +154,40 @@ def _inside(point: dict, fitted: dict) -> bool:
     if point["schedule"] == "explicit":
         from phantomlens.session import schedule_factors
 
+        if isinstance(fitted["schedule"], list) or isinstance(fitted["steps"], list):
+            return False  # a widened domain is checked by name, not step by step
         warmup = fitted.get("warmup_fraction")
         expected = schedule_factors(fitted["steps"], fitted["schedule"], 0.1 if warmup is None else warmup)
         return len(expected) == len(point["factors"]) and all(
             abs(a - b) <= 1e-6 for a, b in zip(expected, point["factors"], strict=True)
         )
-    if point["schedule"] != fitted["schedule"] or point["steps"] != fitted["steps"]:
+    if not _matches(point["schedule"], fitted["schedule"]) or not _matches(point["steps"], fitted["steps"]):
         return False
     warmup = fitted.get("warmup_fraction")
     return point["schedule"] == "constant" or warmup is None or abs(point["warmup_fraction"] - warmup) < 1e-9
+
+
+def _matches(value, fitted) -> bool:
+    """A run's schedule or T against a fitted one: equal, one of a list of schedules, or inside a
+    [low, high] range of T."""
+    if isinstance(fitted, list) and fitted and all(isinstance(f, str) for f in fitted):
+        return value in fitted
+    if isinstance(fitted, list):
+        return fitted[0] <= value <= fitted[1]
+    return value == fitted
 
 
 def _point_words(point: dict) -> str:
     schedule = point["schedule"]
     if schedule == "explicit":
         return f"{point['mode']}/{point['optimizer']}, an explicit schedule, T = {point['steps']}"
+    steps = point["steps"]
+    steps = f"{steps[0]}–{steps[1]}" if isinstance(steps, list) else steps
     warmup = "" if schedule == "constant" else f", warm-up {point['warmup_fraction']:g}"
+    if isinstance(schedule, list):
+        schedule = " or ".join(schedule)
     precision = "" if point.get("precision", "fp32") == "fp32" else f", {point['precision']}"
-    return f"{point['mode']}/{point['optimizer']}, {schedule}, T = {point['steps']}{warmup}{precision}"
+    return f"{point['mode']}/{point['optimizer']}, {schedule}, T = {steps}{warmup}{precision}"
 
 
 def _domain_words(domains) -> str:
@@ -205,11 +224,25 @@ def _check_domain(domain, what: str) -> None:
         raise PhantomLensError(f"{what} must be a list of fitted points, got {domain!r}")
     for fitted in domain:
         kinds = {"mode": str, "optimizer": str, "schedule": str, "steps": int}
-        if any(not isinstance(fitted.get(k), t) or isinstance(fitted.get(k), bool) for k, t in kinds.items()):
-            raise PhantomLensError(f"{what} must name mode, optimizer, schedule and steps, got {fitted!r}")
+        if any(not _of_kind(fitted.get(k), t) for k, t in kinds.items()):
+            raise PhantomLensError(
+                f"{what} must name mode, optimizer, schedule (or a list of them) and steps (or a "
+                f"[low, high] range), got {fitted!r}"
+            )
         warmup = fitted.get("warmup_fraction")
         if warmup is not None and not (_is_number(warmup) and 0 <= warmup < 1):
             raise PhantomLensError(f"{what}: warmup_fraction must be in [0, 1), got {warmup!r}")
+
+
+def _of_kind(value, kind: type) -> bool:
+    """A domain field: one value of ``kind``; for schedule, a non-empty list of names; for steps,
+    a [low, high] range with low ≤ high."""
+    if isinstance(value, list) and kind is str:
+        return bool(value) and all(isinstance(v, str) for v in value)
+    if isinstance(value, list) and kind is int:
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return len(value) == 2 and whole and value[0] <= value[1]
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:

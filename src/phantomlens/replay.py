@@ -172,34 +172,61 @@ def replay_critical_lr(
     secant_steps: int = SECANT_STEPS,
 ) -> ReplayResult:
     """η̂_c (κ = 1) from a replay at ``eta_start`` measuring ``refreshes`` gradients, then secant
-    steps on replays from that record. When the root lies more than ``REMEASURE_FACTOR`` from where
-    the gradients were measured, their path is not the root's: the replay is measured again there
-    and the secant repeated. ``margin``, ``slope``: m_0 and dm_T/dη at 0 (A·Σ s_t)."""
-    points: list[tuple[float, float]] = []
-    eta, guess = eta_start, None
-    for _ in range(2):
+    steps on replays from that record, kept within ``REMEASURE_FACTOR`` of where the gradients were
+    measured (a record describes its own path, and a nearby LR's). A root outside that trust region
+    gets one more measured replay, at the estimate from the measured margins alone, and the secant
+    again. ``margin``, ``slope``: m_0 and dm_T/dη at 0 (A·Σ s_t)."""
+    points: list[tuple[float, float, bool]] = []
+    eta, guess = eta_start, eta_start
+    for stage in range(2):
         record = GradientRecord()
         record.add(0.0, grad_zero, replayer._record_dtype(refreshes))
         measured = replayer.final_margin(eta, record, refresh_steps(replayer.factors, refreshes))
         points.append((eta, measured, True))
-        guess = _quadratic_root(margin, slope, eta, measured) or eta
-        guess = _secant_on(replayer, record, points, guess, secant_steps)
-        if guess is None or 1 / REMEASURE_FACTOR < guess / eta < REMEASURE_FACTOR:
+        guess = _measured_guess(margin, slope, [p for p in points if p[2]]) or eta
+        if stage == 0 and not _trusted(guess, eta):
+            eta = guess  # measure again where the margins say the root is
+            continue
+        guess = _secant_on(replayer, record, points, _clamped(guess, eta), secant_steps, eta)
+        if _trusted(guess, eta, strict=True):
             break
         eta = guess
-    best = guess if guess is not None else _closest_to_zero(points)
-    return ReplayResult(best, eta_start, points[0][1], refreshes, points)
+    return ReplayResult(guess, eta_start, points[0][1], refreshes, points)
 
 
-def _secant_on(replayer: Replayer, record: GradientRecord, points: list, guess: float, steps: int):
-    """``steps`` secant steps in ln η, each replayed from ``record`` (one forward pass)."""
+def _measured_guess(margin: float, slope: float, measured: list[tuple]) -> float | None:
+    """The root from measured replays only: secant in ln η between the last two when there are two,
+    else the quadratic through m_0 (with its slope) and the one."""
+    if len(measured) >= 2:
+        return _secant(measured[-2], measured[-1])
+    eta, value = measured[-1][:2]
+    return _quadratic_root(margin, slope, eta, value)
+
+
+def _trusted(guess: float | None, eta: float, strict: bool = False) -> bool:
+    """Whether ``guess`` lies inside the trust region around the measured ``eta`` (strictly: not on
+    its edge, where a clamped secant step stops)."""
+    if guess is None:
+        return True
+    low, high = eta / REMEASURE_FACTOR, eta * REMEASURE_FACTOR
+    return low * (1 + 1e-9) < guess < high * (1 - 1e-9) if strict else low <= guess <= high
+
+
+def _clamped(guess: float, eta: float) -> float:
+    return min(max(guess, eta / REMEASURE_FACTOR), eta * REMEASURE_FACTOR)
+
+
+def _secant_on(
+    replayer: Replayer, record: GradientRecord, points: list, guess: float, steps: int, eta: float
+) -> float:
+    """``steps`` secant steps in ln η, each replayed from ``record`` (one forward pass), kept in the
+    trust region around ``eta``."""
     for _ in range(steps):
-        if not (guess > 0 and math.isfinite(guess)):
-            return None
         points.append((guess, replayer.final_margin(guess, record), False))
-        guess = _secant(points[-2], points[-1])
-        if guess is None:
-            return None
+        step = _secant(points[-2], points[-1])
+        if step is None:
+            return guess
+        guess = _clamped(step, eta)
     return guess
 
 
@@ -227,7 +254,3 @@ def _secant(a: tuple, b: tuple) -> float | None:
     log_eta = math.log(x1) - y1 * (math.log(x1) - math.log(x0)) / (y1 - y0)
     step = log_eta - math.log(x1)
     return math.exp(math.log(x1) + max(-2.0, min(2.0, step)))  # at most e² per step
-
-
-def _closest_to_zero(points: list[tuple]) -> float:
-    return min(points, key=lambda point: abs(point[1]))[0]
