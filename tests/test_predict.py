@@ -476,11 +476,14 @@ def test_when_two_point_has_no_root_the_default_falls_back_to_first_order(monkey
 
     monkeypatch.setattr(phantomlens.predict, "two_point_critical_lr", no_root)
     model, tokenizer, ctx = setup()
-    p = predict_critical_lr(model=model, tokenizer=tokenizer, **ctx)
+    p = predict_critical_lr(model=model, tokenizer=tokenizer, refreshes=0, **ctx)  # no replay either
     assert p.variant == "first-order" and "falls back to first-order" in p.variant_note
     assert p.kappa_source.endswith("[full/adamw/first-order]") and p.eta_c == p.eta_c_first_order / p.kappa
-    asked = predict_critical_lr(model=model, tokenizer=tokenizer, variant="two-point", **ctx)
+    asked = predict_critical_lr(model=model, tokenizer=tokenizer, variant="two-point", refreshes=0, **ctx)
     assert asked.eta_c is None and asked.variant == "two-point" and "no root" in asked.variant_note
+    # The replay starts from first-order where two-point has no root, and still answers.
+    replay = predict_critical_lr(model=model, tokenizer=tokenizer, variant="replay", refreshes=3, **ctx)
+    assert replay.eta_c_replay and replay.replay_points[0][0] == pytest.approx(replay.eta_c_first_order)
 
 
 def test_the_use_line_allows_for_kappas_spread_only_when_there_is_one():

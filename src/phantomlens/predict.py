@@ -404,18 +404,26 @@ def _predict_context(config, model, tokenizer, request: _Request, schedule: list
     )
 
 
+#: Why a variant can have no answer where first-order has one.
+NO_ANSWER = {
+    "two-point": "in its model the margin velocity decays before the flip",
+    "replay": "the replay was skipped (refreshes = 0) or found no root",
+    "simulated": "its simulated margin never reaches 0",
+}
+
+
 def _final_variant(asked: str | None, measured: Measured) -> tuple[str, str | None]:
     """The headline's variant, and why it is not the one asked for (or has no answer)."""
-    no_root = measured.two_point is None and measured.first_order is not None
-    if asked is None and no_root:
-        return "first-order", (
-            "two-point (the default) has no root here: in its model the margin velocity decays "
-            "before the flip; the headline falls back to first-order"
-        )
     chosen = asked or DEFAULT_VARIANT
-    if chosen == "two-point" and no_root:
-        return chosen, "two-point has no root here (the margin velocity decays before the flip)"
-    return chosen, None
+    if measured.first_order is None or measured.eta1(chosen) is not None:
+        return chosen, None  # with no first-order answer (A ≤ 0) no variant has one
+    why = NO_ANSWER.get(chosen, "")
+    if asked is not None:
+        return chosen, f"{chosen} has no root here ({why})"
+    fallback = next(v for v in ("replay", "two-point", "first-order") if measured.eta1(v) is not None)
+    return fallback, (
+        f"{chosen} (the default) has no root here: {why}; the headline falls back to {fallback}"
+    )
 
 
 def _run_fields(config: RunConfig, request: _Request, schedule: list[float]) -> dict:
