@@ -75,15 +75,15 @@ def test_a_replay_leaves_its_copy_where_it_started_and_the_users_model_untouched
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_the_gradient_record_interpolates_in_distance_and_extrapolates_past_the_ends() -> None:
+def test_the_gradient_record_extrapolates_from_the_last_two_measurements_before_tau() -> None:
     record = GradientRecord()
     record.add(0.0, [torch.tensor([0.0, 2.0])], torch.float32)
     assert torch.equal(record.at(5.0)[0], torch.tensor([0.0, 2.0]))  # one measurement: held
     record.add(1.0, [torch.tensor([1.0, 2.0])], torch.float32)
     record.add(3.0, [torch.tensor([3.0, 0.0])], torch.float32)
-    assert torch.allclose(record.at(0.5)[0], torch.tensor([0.5, 2.0]))
-    assert torch.allclose(record.at(2.0)[0], torch.tensor([2.0, 1.0]))
-    assert torch.allclose(record.at(4.0)[0], torch.tensor([4.0, -1.0]))  # past the last: extrapolated
+    assert torch.allclose(record.at(0.5)[0], torch.tensor([0.0, 2.0]))  # only τ = 0 is known by then
+    assert torch.allclose(record.at(2.0)[0], torch.tensor([2.0, 2.0]))  # from τ = 0 and 1, as measured
+    assert torch.allclose(record.at(4.0)[0], torch.tensor([4.0, -1.0]))  # from τ = 1 and 3
 
 
 def test_refresh_steps_measure_steps_zero_and_one_then_spread_over_the_distance() -> None:

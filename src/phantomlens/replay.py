@@ -4,8 +4,8 @@ A run's final margin m_T(η) is what its optimiser makes of T gradients. The rep
 steps with the run's own optimiser (the torch AdamW or SGD the run builds, its betas, its schedule,
 its bias correction) on the trainable parameters of a private copy, but measures the loss gradient
 at only K of the steps (one forward and one backward each). Between measurements the gradient is
-interpolated linearly in the distance travelled, τ_t = η·P_t with P_t = Σ_{k<t} s_k, and past the
-last one it is extrapolated. With K = T the replay is the run, step for step.
+extrapolated linearly in the distance travelled, τ_t = η·P_t with P_t = Σ_{k<t} s_k, from the last
+two measurements. With K = T the replay is the run, step for step.
 
 This is what the closed-form variants cannot see: under LoRA the adapters' A matrices get no
 gradient while B = 0, then Adam's normalisation moves them at full speed from the second step on,
@@ -33,6 +33,8 @@ SECANT_STEPS = 2
 #: A root this far (as a factor) from the LR whose gradients were recorded gets a second measured
 #: replay there: the recorded path is then too unlike the root's own.
 REMEASURE_FACTOR = 1.5
+#: At most this many measured replays: a start far from the root walks to it in trusted steps.
+MEASURED_REPLAYS = 3
 #: Recorded gradients are kept in the parameters' dtype up to this many bytes, in bfloat16 beyond
 #: (a full fine-tune of a large model would otherwise hold K copies of its weights).
 RECORD_BUDGET_BYTES = 2 * 1024**3
@@ -76,18 +78,18 @@ class GradientRecord:
         self.grads.append([g.detach().to(dtype) for g in grads])
 
     def at(self, tau: float) -> list[torch.Tensor]:
-        """The gradient at τ: linear between the two nearest measurements, extrapolated past the
-        last two (constant while there is only one)."""
-        if len(self.taus) == 1:
+        """The gradient at τ, extrapolated from the last two measurements at or before τ (the one
+        there is, while there is one). Causal on purpose: a replay from the record then takes, at
+        the LR it was measured at, exactly the steps the measured replay took, so the margins a
+        root search compares come from one model of the run."""
+        known = sum(1 for t in self.taus if t <= tau) or 1
+        if known == 1:
             return self.grads[0]
-        j = 1
-        while j < len(self.taus) - 1 and self.taus[j] < tau:
-            j += 1
-        t0, t1 = self.taus[j - 1], self.taus[j]
+        t0, t1 = self.taus[known - 2], self.taus[known - 1]
         if t1 <= t0:
-            return self.grads[j]
+            return self.grads[known - 1]
         w = (tau - t0) / (t1 - t0)
-        return [a + w * (b - a) for a, b in zip(self.grads[j - 1], self.grads[j], strict=True)]
+        return [a + w * (b - a) for a, b in zip(self.grads[known - 2], self.grads[known - 1], strict=True)]
 
 
 @dataclass
@@ -174,17 +176,18 @@ def replay_critical_lr(
     """η̂_c (κ = 1) from a replay at ``eta_start`` measuring ``refreshes`` gradients, then secant
     steps on replays from that record, kept within ``REMEASURE_FACTOR`` of where the gradients were
     measured (a record describes its own path, and a nearby LR's). A root outside that trust region
-    gets one more measured replay, at the estimate from the measured margins alone, and the secant
-    again. ``margin``, ``slope``: m_0 and dm_T/dη at 0 (A·Σ s_t)."""
+    gets another measured replay (up to ``MEASURED_REPLAYS``), at the estimate from the measured
+    margins alone, and the secant again. ``margin``, ``slope``: m_0 and dm_T/dη at 0 (A·Σ s_t)."""
     points: list[tuple[float, float, bool]] = []
     eta, guess = eta_start, eta_start
-    for stage in range(2):
+    for stage in range(MEASURED_REPLAYS):
         record = GradientRecord()
         record.add(0.0, grad_zero, replayer._record_dtype(refreshes))
         measured = replayer.final_margin(eta, record, refresh_steps(replayer.factors, refreshes))
         points.append((eta, measured, True))
         guess = _measured_guess(margin, slope, [p for p in points if p[2]]) or eta
-        if stage == 0 and not _trusted(guess, eta):
+        last = stage == MEASURED_REPLAYS - 1
+        if not last and not _trusted(guess, eta):
             eta = guess  # measure again where the margins say the root is
             continue
         guess = _secant_on(replayer, record, points, _clamped(guess, eta), secant_steps, eta)
@@ -224,7 +227,7 @@ def _secant_on(
     for _ in range(steps):
         points.append((guess, replayer.final_margin(guess, record), False))
         step = _secant(points[-2], points[-1])
-        if step is None:
+        if step is None or _clamped(step, eta) == guess:  # level, or pinned at the region's edge
             return guess
         guess = _clamped(step, eta)
     return guess
