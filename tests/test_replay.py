@@ -75,15 +75,16 @@ def test_a_replay_leaves_its_copy_where_it_started_and_the_users_model_untouched
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-def test_the_gradient_record_extrapolates_from_the_last_two_measurements_before_tau() -> None:
+def test_the_gradient_record_interpolates_in_distance_and_extrapolates_past_the_last_two() -> None:
     record = GradientRecord()
     record.add(0.0, [torch.tensor([0.0, 2.0])], torch.float32)
     assert torch.equal(record.at(5.0)[0], torch.tensor([0.0, 2.0]))  # one measurement: held
     record.add(1.0, [torch.tensor([1.0, 2.0])], torch.float32)
+    assert torch.allclose(record.at(2.0)[0], torch.tensor([2.0, 2.0]))  # while measuring: the last two
     record.add(3.0, [torch.tensor([3.0, 0.0])], torch.float32)
-    assert torch.allclose(record.at(0.5)[0], torch.tensor([0.0, 2.0]))  # only τ = 0 is known by then
-    assert torch.allclose(record.at(2.0)[0], torch.tensor([2.0, 2.0]))  # from τ = 0 and 1, as measured
-    assert torch.allclose(record.at(4.0)[0], torch.tensor([4.0, -1.0]))  # from τ = 1 and 3
+    assert torch.allclose(record.at(0.5)[0], torch.tensor([0.5, 2.0]))
+    assert torch.allclose(record.at(2.0)[0], torch.tensor([2.0, 1.0]))  # finished: between 1 and 3
+    assert torch.allclose(record.at(4.0)[0], torch.tensor([4.0, -1.0]))  # past the last: extrapolated
 
 
 def test_refresh_steps_measure_steps_zero_and_one_then_spread_over_the_distance() -> None:
@@ -130,10 +131,10 @@ class FakeReplayer:
     def _record_dtype(self, measurements: int):
         return torch.float32
 
-    def final_margin(self, eta, record, measure_at=None):
+    def final_margin(self, eta, record, measure_at=None, final=True):
         if measure_at is not None:
             self.measured_at.append(eta)
-            return self.final(eta)
+            return self.final(eta) if final else None
         self.replayed.append((eta, self.measured_at[-1]))
         return self.final(eta) + self.record_error * abs(math.log(eta / self.measured_at[-1]))
 

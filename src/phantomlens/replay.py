@@ -5,7 +5,8 @@ steps with the run's own optimiser (the torch AdamW or SGD the run builds, its b
 its bias correction) on the trainable parameters of a private copy, but measures the loss gradient
 at only K of the steps (one forward and one backward each). Between measurements the gradient is
 extrapolated linearly in the distance travelled, τ_t = η·P_t with P_t = Σ_{k<t} s_k, from the last
-two measurements. With K = T the replay is the run, step for step.
+two measurements. With K = T the replay is the run, step for step. Once all K are measured, the
+margins the search compares come from replays that interpolate between them (one forward each).
 
 This is what the closed-form variants cannot see: under LoRA the adapters' A matrices get no
 gradient while B = 0, then Adam's normalisation moves them at full speed from the second step on,
@@ -78,18 +79,19 @@ class GradientRecord:
         self.grads.append([g.detach().to(dtype) for g in grads])
 
     def at(self, tau: float) -> list[torch.Tensor]:
-        """The gradient at τ, extrapolated from the last two measurements at or before τ (the one
-        there is, while there is one). Causal on purpose: a replay from the record then takes, at
-        the LR it was measured at, exactly the steps the measured replay took, so the margins a
-        root search compares come from one model of the run."""
-        known = sum(1 for t in self.taus if t <= tau) or 1
-        if known == 1:
+        """The gradient at τ: linear between the two measurements around it, extrapolated past the
+        last two (held while there is one). While a replay is still measuring, the last two are the
+        latest it has; a replay from a finished record interpolates between measurements."""
+        if len(self.taus) == 1:
             return self.grads[0]
-        t0, t1 = self.taus[known - 2], self.taus[known - 1]
+        j = 1
+        while j < len(self.taus) - 1 and self.taus[j] < tau:
+            j += 1
+        t0, t1 = self.taus[j - 1], self.taus[j]
         if t1 <= t0:
-            return self.grads[known - 1]
+            return self.grads[j]
         w = (tau - t0) / (t1 - t0)
-        return [a + w * (b - a) for a, b in zip(self.grads[known - 2], self.grads[known - 1], strict=True)]
+        return [a + w * (b - a) for a, b in zip(self.grads[j - 1], self.grads[j], strict=True)]
 
 
 @dataclass
@@ -118,10 +120,12 @@ class Replayer:
         return [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
 
     def final_margin(
-        self, eta: float, record: GradientRecord, measure_at: list[int] | None = None
-    ) -> float:
+        self, eta: float, record: GradientRecord, measure_at: list[int] | None = None, final: bool = True
+    ) -> float | None:
         """m_T after the T steps at peak LR ``eta``. With ``measure_at``, the gradient is measured
-        at those steps (added to ``record``, which must then hold step 0's); else read from it."""
+        at those steps (added to ``record``, which must then hold step 0's); else read from it.
+        ``final=False`` skips the closing forward pass (and returns None): a replay run only to
+        measure gradients."""
         prefix = distances(self.factors)
         dtype = self._record_dtype(len(measure_at or []))
         optimizer = self.make_optimizer(self.params, eta)
@@ -136,6 +140,8 @@ class Replayer:
                     for group in optimizer.param_groups:
                         group["lr"] = eta * factor
                     optimizer.step()
+            if not final:
+                return None
             with torch.no_grad():
                 logits = last_token_logits(self.model, self.input_ids)
             self.passes["forward"] += 1
@@ -183,8 +189,8 @@ def replay_critical_lr(
     for stage in range(MEASURED_REPLAYS):
         record = GradientRecord()
         record.add(0.0, grad_zero, replayer._record_dtype(refreshes))
-        measured = replayer.final_margin(eta, record, refresh_steps(replayer.factors, refreshes))
-        points.append((eta, measured, True))
+        replayer.final_margin(eta, record, refresh_steps(replayer.factors, refreshes), final=False)
+        points.append((eta, replayer.final_margin(eta, record), True))
         guess = _measured_guess(margin, slope, [p for p in points if p[2]]) or eta
         last = stage == MEASURED_REPLAYS - 1
         if not last and not _trusted(guess, eta):
