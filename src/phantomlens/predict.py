@@ -581,7 +581,7 @@ def _replayer(probe, config: RunConfig, spec, factors: list[float]) -> Replayer:
     from phantomlens.session import make_optimizer
 
     def optimizer(params, lr):
-        return make_optimizer(config.replace(lr=lr), params)
+        return make_optimizer(config.replace(lr=lr), params, fused=True)
 
     return Replayer(probe, spec.input_ids, spec.target_id, spec.competitor_id, factors, optimizer)
 

@@ -78,20 +78,36 @@ class GradientRecord:
         self.taus.append(tau)
         self.grads.append([g.detach().to(dtype) for g in grads])
 
-    def at(self, tau: float) -> list[torch.Tensor]:
-        """The gradient at τ: linear between the two measurements around it, extrapolated past the
-        last two (held while there is one). While a replay is still measuring, the last two are the
-        latest it has; a replay from a finished record interpolates between measurements."""
+    def write_into(self, tau: float, buffers: list[torch.Tensor]) -> None:
+        """The gradient at τ (as ``at``) written into ``buffers``: one pass over memory, no
+        temporaries (a replay of a full fine-tune spends most of its time here and in Adam)."""
+        low, high, weight = self._segment(tau)
+        for buffer, a, b in zip(buffers, self.grads[low], self.grads[high], strict=True):
+            if weight == 0.0:
+                buffer.copy_(a)
+            elif a.dtype == buffer.dtype:
+                torch.lerp(a, b, weight, out=buffer)
+            else:
+                buffer.copy_(torch.lerp(a, b, weight))
+
+    def _segment(self, tau: float) -> tuple[int, int, float]:
+        """(i, j, w): the gradient at τ is g_i + w·(g_j − g_i)."""
         if len(self.taus) == 1:
-            return self.grads[0]
+            return 0, 0, 0.0
         j = 1
         while j < len(self.taus) - 1 and self.taus[j] < tau:
             j += 1
         t0, t1 = self.taus[j - 1], self.taus[j]
         if t1 <= t0:
-            return self.grads[j]
-        w = (tau - t0) / (t1 - t0)
-        return [a + w * (b - a) for a, b in zip(self.grads[j - 1], self.grads[j], strict=True)]
+            return j, j, 0.0
+        return j - 1, j, (tau - t0) / (t1 - t0)
+
+    def at(self, tau: float) -> list[torch.Tensor]:
+        """The gradient at τ: linear between the two measurements around it, extrapolated past the
+        last two (held while there is one). While a replay is still measuring, the last two are the
+        latest it has; a replay from a finished record interpolates between measurements."""
+        low, high, weight = self._segment(tau)
+        return [torch.lerp(a, b, weight) for a, b in zip(self.grads[low], self.grads[high], strict=True)]
 
 
 @dataclass
@@ -129,14 +145,16 @@ class Replayer:
         prefix = distances(self.factors)
         dtype = self._record_dtype(len(measure_at or []))
         optimizer = self.make_optimizer(self.params, eta)
+        buffers = [torch.empty_like(p) for p in self.params]
         try:
             with torch.enable_grad():
                 for step, factor in enumerate(self.factors):
                     tau = eta * prefix[step]
                     if measure_at and step in measure_at and step > 0:
                         record.add(tau, self.loss_gradient(), dtype)
-                    for parameter, grad in zip(self.params, record.at(tau), strict=True):
-                        parameter.grad = grad.to(parameter.dtype, copy=True)
+                    record.write_into(tau, buffers)
+                    for parameter, buffer in zip(self.params, buffers, strict=True):
+                        parameter.grad = buffer
                     for group in optimizer.param_groups:
                         group["lr"] = eta * factor
                     optimizer.step()
