@@ -98,7 +98,8 @@ def choose_kappa(
     point = run_point(config, factors)
     if key not in table:
         if calibration is None:  # the shipped file simply does not cover this mode/optimiser/variant
-            return _outside(_domain_words(e.get("domain") for e in table.values()), point)
+            note = f"{where} has no κ for {key}: κ = 1, uncalibrated"
+            return KappaChoice(1.0, "uncalibrated", None, note)
         raise PhantomLensError(
             f"{where} has no κ for {key}; it has {', '.join(map(str, table)) or 'none'}"
             + ("" if variant == "first-order" else " (choose one with --variant)")

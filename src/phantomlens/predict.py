@@ -28,8 +28,10 @@ The model, its gradients, its modes and the global RNG are left exactly as they 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,8 +224,11 @@ class MarginModel:
     zero: StepZero | None = None  # simulated: where the margin path starts
     factors: list[float] | None = None
     optimizer: str = "adamw"
+    replay: ReplayResult | None = None  # replay: m_T read from its own replays
 
     def final(self, eta: float) -> float:
+        if self.replay is not None:
+            return self.replay.margin_at(eta)
         if self.variant == "simulated" and self.zero is not None and self.zero.logit_velocity is not None:
             return simulate_margins(self.zero, eta, self.factors, self.optimizer)[-1]
         return self.margin + eta * self.linear + eta * eta * self.quadratic
@@ -235,6 +240,9 @@ class MarginModel:
             return 0.0
         if self.linear <= 0:
             return None  # the first update moves the margin down
+        if self.replay is not None:
+            guess = rising_root(self.quadratic, self.linear, self.margin - level) or self.replay.eta_c
+            return self.replay.reaching(level, guess)
         if self.variant == "simulated" and self.zero is not None and self.zero.logit_velocity is not None:
             guess = (level - self.margin) / self.linear
             return simulated_critical_lr(self.zero, self.factors, self.optimizer, guess, level)
@@ -251,8 +259,14 @@ class Measured:
     two_point: float | None
     velocity_mid: float | None
     quadratic: float | None  # the two-point model's η² coefficient
-    passes: dict[str, int]
+    passes: dict[str, int]  # the closed forms'
     replay: ReplayResult | None = None
+    replayer: Replayer | None = None
+
+    def total_passes(self) -> dict[str, int]:
+        """Every pass spent so far, the replays' included (the recommended LR's among them)."""
+        extra = self.replayer.passes if self.replayer else {}
+        return {k: v + extra.get(k, 0) for k, v in self.passes.items()}
 
     def eta1(self, variant: str) -> float | None:
         replay = self.replay.eta_c if self.replay else (0.0 if self.first_order == 0.0 else None)
@@ -267,12 +281,13 @@ class Measured:
         linear = self.zero.velocity * sum(factors)
         quadratic = (self.quadratic or 0.0) if variant == "two-point" else 0.0
         if variant == "replay" and self.replay and self.replay.eta_c:
-            # The quadratic through m_0 with its slope and through the replay's root: what the
-            # recommended LR and the margin curve are read from (each replay costs T optimiser steps).
+            # The quadratic through m_0 with its slope and through the replay's root: where the
+            # replays that find the recommended LR start.
             root = self.replay.eta_c
             quadratic = -(self.zero.margin + linear * root) / (root * root)
         zero = self.zero if variant == "simulated" else None
-        return MarginModel(variant, self.zero.margin, linear, quadratic, zero, factors, optimizer)
+        replay = self.replay if variant == "replay" and self.replay and self.replay.eta_c else None
+        return MarginModel(variant, self.zero.margin, linear, quadratic, zero, factors, optimizer, replay)
 
 
 @dataclass
@@ -293,10 +308,18 @@ class _Request:
 
 
 def checked_refreshes(refreshes) -> int:
-    """K, the replay's gradient measurements: a whole number from 0 (no replay) to MAX_STEPS."""
-    if isinstance(refreshes, bool) or not isinstance(refreshes, int) or not 0 <= refreshes <= MAX_STEPS:
+    """K, the replay's gradient measurements: a whole number from 0 (no replay) to MAX_STEPS;
+    None: the default."""
+    if refreshes is None:
+        return DEFAULT_REFRESHES
+    original = refreshes
+    try:
+        refreshes = operator.index(refreshes)  # numpy integers too, not floats or bools
+    except TypeError:
+        refreshes = None
+    if isinstance(original, bool) or refreshes is None or not 0 <= refreshes <= MAX_STEPS:
         raise PhantomLensError(
-            f"refreshes must be a whole number from 0 (no replay) to {MAX_STEPS:,}, got {refreshes!r}"
+            f"refreshes must be a whole number from 0 (no replay) to {MAX_STEPS:,}, got {original!r}"
         )
     return refreshes
 
@@ -327,7 +350,7 @@ def predict_critical_lr(
     variant: str | None = None,
     factors: Sequence[float] | None = None,
     curve: bool = False,
-    refreshes: int = DEFAULT_REFRESHES,
+    refreshes: int | None = DEFAULT_REFRESHES,
     **overrides,
 ) -> Prediction:
     """η̂_c for the run ``config`` would make (same settings and defaults as ``finetune``), its
@@ -349,6 +372,8 @@ def predict_critical_lr(
     request = _Request(
         kappa, calibration, variant, explicit_factors(factors), curve, checked_refreshes(refreshes)
     )
+    if variant == "replay" and request.refreshes == 0:
+        raise PhantomLensError("the replay variant needs refreshes ≥ 1 (0 skips the replay)")
     if request.factors is not None:
         config = config.replace(steps=len(request.factors))
     if config.facts is not None:
@@ -383,8 +408,11 @@ def _predict_context(config, model, tokenizer, request: _Request, schedule: list
     measured = _measure(model, config, spec, schedule, request.refreshes)
     chosen, note = _final_variant(request.variant, measured)
     margin_model = measured.model(chosen, schedule, config.optimizer)
+    replayed = margin_model.replay
+    with mixed_precision(replayed.replayer.model, config.precision) if replayed else contextlib.nullcontext():
+        headline = _headline(request, config, margin_model, measured.eta1(chosen))
     return Prediction(
-        **_headline(request, config, margin_model, measured.eta1(chosen)),
+        **headline,
         **_run_fields(config, request, schedule),
         variant=chosen,
         variant_note=note,
@@ -399,7 +427,7 @@ def _predict_context(config, model, tokenizer, request: _Request, schedule: list
         replay_points=measured.replay and [list(point) for point in measured.replay.points],
         margin_initial=measured.zero.margin,
         margin_velocity=measured.zero.velocity,
-        passes=measured.passes,
+        passes=measured.total_passes(),
         context={"text": spec.text, "target": spec.target, "competitor": spec.competitor},
     )
 
@@ -475,12 +503,15 @@ def _headline(
 
 def margin_curve(model: MarginModel, kappa: float, marks: list[float | None], config: RunConfig) -> dict:
     """The predicted final margin at 61 LRs, log-spaced over 1.5 decades either side of ``marks``
-    (η̂_c and the recommended LR; the mode's default LR when neither is positive)."""
+    (η̂_c and the recommended LR; the mode's default LR when neither is positive); for the replay,
+    15 replays over a factor 3 either side."""
     import numpy as np
 
     positive = [m for m in marks if m]
     low, high = (min(positive), max(positive)) if positive else (DEFAULT_LR[config.mode],) * 2
-    lrs = np.geomspace(low / 30, high * 30, 61).tolist()
+    # Each replayed point costs a forward and T optimiser steps, and its record holds near η̂_c only.
+    span, count = (3, 15) if model.replay is not None else (30, 61)
+    lrs = np.geomspace(low / span, high * span, count).tolist()
     return {"lr": lrs, "margin": [model.final(kappa * lr) for lr in lrs]}
 
 
@@ -593,4 +624,4 @@ def _replay(measured: Measured, replayer: Replayer, factors: list[float], refres
     start = measured.two_point or measured.first_order
     slope = zero.velocity * sum(factors)
     measured.replay = replay_critical_lr(replayer, zero.loss_gradient, zero.margin, slope, start, refreshes)
-    measured.passes = {k: measured.passes[k] + replayer.passes[k] for k in measured.passes}
+    measured.replayer = replayer

@@ -186,6 +186,25 @@ class ReplayResult:
     margin_start: float  # m_T(η₁)
     refreshes: int
     points: list[tuple[float, float, bool]]  # (η, m_T, gradients measured) of every replay, in order
+    replayer: Replayer | None = None
+    record: GradientRecord | None = None  # the last measured one: what further replays read
+
+    def margin_at(self, eta: float) -> float:
+        """m_T(η) replayed from the last record (one forward pass and T optimiser steps)."""
+        return self.replayer.final_margin(eta, self.record)
+
+    def reaching(self, level: float, guess: float, steps: int = 4) -> float | None:
+        """The LR whose replayed m_T is ``level``: secant steps in ln η from ``guess`` (each one
+        replay), anchored at the root (m_T = 0 at η̂_c); None when the replays stay level."""
+        points = [(self.eta_c, -level), (guess, self.margin_at(guess) - level)]
+        for _ in range(steps):
+            step = _secant(points[-2], points[-1])
+            if step is None:
+                return None
+            if abs(math.log(step / points[-1][0])) < 1e-3:
+                return step
+            points.append((step, self.margin_at(step) - level))
+        return points[-1][0]
 
 
 def replay_critical_lr(
@@ -215,10 +234,13 @@ def replay_critical_lr(
             eta = guess  # measure again where the margins say the root is
             continue
         guess = _secant_on(replayer, record, points, _clamped(guess, eta), secant_steps, eta)
-        if _trusted(guess, eta, strict=True):
+        if guess is None or _trusted(guess, eta, strict=True):
             break
         eta = guess
-    return ReplayResult(guess, eta_start, points[0][1], refreshes, points)
+    used = min(refreshes, len(replayer.factors))  # at most every step's gradient
+    if guess is None:
+        return ReplayResult(None, eta_start, points[0][1], used, points)
+    return ReplayResult(guess, eta_start, points[0][1], used, points, replayer, record)
 
 
 def _measured_guess(margin: float, slope: float, measured: list[tuple]) -> float | None:
@@ -251,7 +273,9 @@ def _secant_on(
     for _ in range(steps):
         points.append((guess, replayer.final_margin(guess, record), False))
         step = _secant(points[-2], points[-1])
-        if step is None or _clamped(step, eta) == guess:  # level, or pinned at the region's edge
+        if step is None:  # the replays are level: the margin does not move with η here
+            return None if points[-1][1] < 0 else guess
+        if _clamped(step, eta) == guess:  # pinned at the trust region's edge
             return guess
         guess = _clamped(step, eta)
     return guess
