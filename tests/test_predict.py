@@ -51,7 +51,8 @@ def test_margin_velocity_matches_the_first_real_step(mode, optimizer):
     # What was computed: every variant, when the margin can move up. With T = 1 the replay measures
     # no gradient beyond step zero's: one forward per replayed LR.
     replays = len(prediction.replay_points or [])
-    spent = {"forward": 3 + replays, "backward": 4} if prediction.margin_velocity > 0 else {"forward": 1, "backward": 2}
+    moved = prediction.margin_velocity > 0
+    spent = {"forward": 3 + replays, "backward": 4} if moved else {"forward": 1, "backward": 2}
     assert prediction.passes == spent
 
 
@@ -235,7 +236,8 @@ def test_two_point_variant_reduces_to_first_order_over_one_step_and_sees_lora_gr
     one = predict_critical_lr(model=model, tokenizer=tokenizer, steps=1, schedule="constant", **ctx)
     assert one.eta_c_two_point == pytest.approx(one.eta_c_first_order, rel=1e-9)  # no P_t term
     lora = predict_critical_lr(
-        model=model, tokenizer=tokenizer, mode="lora", variant="two-point", calibration=False, refreshes=0, **ctx
+        model=model, tokenizer=tokenizer, mode="lora", variant="two-point", calibration=False, refreshes=0,
+        **ctx,
     )
     # LoRA's A matrices have no gradient while B = 0, so the margin speeds up once B has moved.
     assert lora.margin_velocity_mid > lora.margin_velocity
