@@ -278,10 +278,19 @@ def _prediction_lines(p) -> list[str]:
     lines += [f"note      {note}" for note in (p.variant_note, p.kappa_note, p.precision_note) if note]
     if p.margin_safe is not None:  # a prediction stored before LRs were recommended has none
         lines.append(_use_line(p))
-    lines.append(
-        f"cost      {p.passes['forward']} forward + {p.passes['backward']} backward passes; model unchanged"
-    )
+    lines.append(f"cost      {_cost_words(p)}; model unchanged")
     return lines
+
+
+def _cost_words(p) -> str:
+    """Passes, and for the replay the optimiser steps, which on a CPU can cost more than the passes."""
+    words = f"{p.passes['forward']} forward + {p.passes['backward']} backward passes"
+    if not p.replay_refreshes:
+        return words
+    measured = sum(1 for point in p.replay_points or [] if point[2])
+    # forwards beyond the closed forms' 3 and the gradient measurements: one per replay from a record
+    replays = measured + p.passes["forward"] - 3 - (p.passes["backward"] - 4)
+    return f"{words}, and {replays} replays of {p.steps} optimiser steps (K = {p.replay_refreshes})"
 
 
 def _use_line(p) -> str:

@@ -92,6 +92,10 @@ TERMS: tuple[Term, ...] = (
     Term("kappa", "κ, the factor a prediction of η_c is divided by, fitted on measured sweeps "
          "(phantomlens calibrate): κ = predicted / measured, 1 when the formula is exact",
          ("κ",), r"κ"),
+    Term("replay", "the prediction that re-enacts the run: its own optimiser takes the T steps on a "
+         "copy with the loss gradient measured K times (--refreshes) and interpolated between; η̂_c "
+         "is the LR whose replayed final margin is 0 (about 20 passes at K = 6, plus T optimiser "
+         "steps per replayed LR)", ("refreshes",), r"replay"),
     Term("class", "the architecture class from the token states' bulk geometry: A (crowded, χ/d ≥ "
          "0.125; LoRA predicted not sufficient) or B (open; LoRA predicted sufficient)",
          ("geometry class", "architecture class"), r"(?m)^class\b"),

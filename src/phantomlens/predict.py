@@ -17,6 +17,10 @@ the first update's effect on every logit (one more forward pass) and follows the
 that shrinking step over the T steps, a scalar computation with no further passes. The
 ``two-point`` variant re-measures A half-way and lets it change linearly with the distance.
 
+The ``replay`` variant (``phantomlens.replay``) assumes no model of the path: the run's own optimiser
+takes its T steps on a copy with the loss gradient measured K times, and η̂_c is where the replayed
+final margin crosses 0 (about 20 passes at K = 6, plus T optimiser steps per replayed LR).
+
 η_c is a knife edge (a run at η_c ends with the margin at 0), so a prediction also gives the LR to
 *use*: the smallest η whose predicted final margin m_T(η) reaches ``margin_safe`` (the stop rule's),
 from the chosen variant's own margin model, and an interval from κ's spread. Each variant's model
@@ -357,7 +361,7 @@ def predict_critical_lr(
     interval, and the recommended LR (the smallest whose predicted final margin ≥ margin_safe, with κ
     at the low end of its spread).
 
-    ``variant``: first-order, simulated or two-point (all are computed; ``eta_c`` is the chosen one
+    ``variant``: first-order, simulated, two-point or replay (all are computed; ``eta_c`` is the chosen one
     divided by its κ); None picks ``DEFAULT_VARIANT`` (first-order for a fact of several tokens,
     or when two-point has no root). ``calibration``: None uses the shipped calibration, a file or
     dict a calibration of yours, False none; either applies κ only inside the domain it was fitted
@@ -365,6 +369,8 @@ def predict_critical_lr(
     LR factors of the run's own schedule (e.g. a trainer's scheduler), instead of ``schedule`` and
     ``steps`` (T = len(factors); scaled to peak 1, so η is the peak LR). ``curve``: also sample the
     predicted final margin over LRs (``margin_curve``, what ``plot.prediction_figure`` draws).
+    ``refreshes``: K, the gradients the replay measures (``phantomlens.replay``; None: the default,
+    0: no replay). Each replayed LR also costs T optimiser steps on the trainable parameters.
     """
     if variant is not None and variant not in VARIANTS:
         raise PhantomLensError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
