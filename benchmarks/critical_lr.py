@@ -314,6 +314,7 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
         "prediction_budget": _prediction_budget(),
         "lora_gap": _lora_gap(),
         "kappa_domain": _kappa_domain(),
+        "unseen": _unseen(calibration["kappa"]),
         "per_context": per_run,
     }
     write_json_atomic(RESULTS / "critical_lr.json", result)
@@ -383,7 +384,7 @@ def passes_words(variant: str) -> str:
 
 
 def replay_passes_words() -> str:
-    from phantomlens.replay import SECANT_STEPS
+    from phantomlens.replay import MEASURED_REPLAYS, SECANT_STEPS
     from phantomlens.results import DEFAULT_REFRESHES
 
     k = DEFAULT_REFRESHES
@@ -391,7 +392,9 @@ def replay_passes_words() -> str:
     backward = 4 + (k - 1)
     return (
         f"{forward} forward + {backward} backward at K = {k} (the two-point's, then K − 1 gradients, "
-        f"1 + {SECANT_STEPS} replayed final margins); {k - 1} + {k - 1} more where the root is measured again"
+        f"1 + {SECANT_STEPS} replayed final margins), and T optimiser steps per replay; K forward + "
+        f"K − 1 backward more per further measured replay (at most {MEASURED_REPLAYS} in all), a few "
+        "forwards more for the recommended LR"
     )
 
 
@@ -425,7 +428,8 @@ def intro_lines(result: dict) -> list[str]:
         "steps on a copy with the loss gradient measured at K of them (steps 0 and 1, then evenly in "
         "distance travelled τ_t = η·Σ_{k<t} s_k) and interpolated in τ between; from the two-point root, "
         "secant steps in ln η replay from the recorded gradients (one forward each); a root more than "
-        "1.5× from where they were measured is measured again there. K = T is the run itself |",
+        "1.5× from where they were measured is measured again there (up to three times). K = T is the "
+        "run itself |",
         "",
         "```",
         "phantomlens predict --context shame --mode lora                # η̂_c, its interval, the LR to use",
@@ -487,7 +491,7 @@ def use_lines(result: dict) -> list[str]:
         )
         + f". The library's default is `{DEFAULT_VARIANT}`"
         + (", the best in every mode." if agree else ", which these results **no longer rank first**.")
-        + " `--variant` picks any of the three; a fact of several tokens is predicted first-order.",
+        + " `--variant` picks any of the four (`--refreshes K` sets the replay's cost; see *Error against passes*); a fact of several tokens is predicted first-order.",
         "",
         "It divides by the κ shipped with the package (`phantomlens/data/calibration.json`, made by "
         "`python -m tools.ship_calibration` from the sweeps below), but only for a run inside the domain "
@@ -734,6 +738,59 @@ def _kappa_domain() -> dict | None:
     return {k: stored[k] for k in ("model", "mode", "contexts", "summary")}
 
 
+UNSEEN = ROOT / "results" / "unseen"
+
+
+def _unseen(kappa: dict) -> list[dict] | None:
+    """Contexts no prediction was ever tuned on (built-in contexts past the first 12), swept under
+    results/unseen/<model>-<mode>/: each variant's error with κ from the benchmark sweeps."""
+    import pandas as pd
+
+    from phantomlens.calibrate import VARIANT_COLUMNS
+
+    if not UNSEEN.is_dir():
+        return None
+    rows = []
+    for directory in sorted(d for d in UNSEEN.iterdir() if (d / "critical_lr.parquet").is_file()):
+        for row in pd.read_parquet(directory / "critical_lr.parquet").itertuples():
+            if row.eta_c != row.eta_c:
+                continue
+            for variant, column in VARIANT_COLUMNS.items():
+                entry = kappa.get(f"{row.mode}/adamw/{variant}")
+                predicted = getattr(row, column, None)
+                if entry and predicted and predicted == predicted:
+                    error = predicted / entry["value"] / row.eta_c - 1
+                    rows.append({"sweep": directory.name, "context": row.context, "variant": variant,
+                                 "eta_c": float(row.eta_c), "relative_error": float(error)})  # fmt: skip
+    return rows
+
+
+def unseen_lines(result: dict) -> list[str]:
+    import statistics
+
+    rows = result.get("unseen")
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Contexts never tuned on",
+        "",
+        "Built-in contexts beyond the first 12, which no variant, κ or setting was chosen on, swept "
+        "with `phantomlens sweep --contexts … --out results/unseen/<model>-<mode>` and predicted with "
+        "κ from the benchmark sweeps above:",
+        "",
+        "| sweep | variant | contexts | median abs. error | max abs. error |",
+        "|---|---|---|---|---|",
+    ]
+    keys = sorted({(r["sweep"], r["variant"]) for r in rows})
+    for sweep, variant in keys:
+        errors = [abs(r["relative_error"]) for r in rows if (r["sweep"], r["variant"]) == (sweep, variant)]
+        lines.append(
+            f"| {sweep} | {variant} | {len(errors)} | {pct(statistics.median(errors))} | {pct(max(errors))} |"
+        )
+    return lines
+
+
 def kappa_domain_lines(result: dict) -> list[str]:
     found = result.get("kappa_domain")
     if not found or not found["summary"]:
@@ -876,7 +933,8 @@ def _replay_lines(found: dict) -> list[str]:
     ]
     inside = found["summary"]["two-point/root"]
     return [
-        "**Replay on the stored sweeps** (`python -m benchmarks.root_search`): no new training. Each "
+        "**Dry run on the stored sweeps** (`python -m benchmarks.root_search`; not the replay "
+        "prediction): no new training. Each "
         "context's m_T(η) is interpolated from its stored bisection runs (a monotone cubic in ln η "
         "through them; a line in η from m_0 below them and through the last two above), and both "
         "searches are driven on that curve. *Agree*: the search's η_c within "
@@ -990,6 +1048,7 @@ def write_doc(result: dict) -> None:
         budget_lines,
         lora_gap_lines,
         kappa_domain_lines,
+        unseen_lines,
         cost_and_range_lines,
         root_search_lines,
         class_table_lines,

@@ -3,6 +3,7 @@
     python -m benchmarks.recommended_lr                  # 48 predictions of 7 passes; each model loaded once
     python -m benchmarks.recommended_lr --models smollm2-135m --modes lora
     python -m benchmarks.recommended_lr --from-json      # re-evaluate the stored predictions, no model
+    python -m benchmarks.recommended_lr --from-sweeps    # the sweeps' own κ = 1 predictions, no model
 
 For every context of every stored sweep (benchmarks/results/sweeps/<model>-<mode>/, T = 50, cosine,
 AdamW, seed 0: the settings the shipped calibration was fitted on), today's ``predict_critical_lr``
@@ -52,6 +53,7 @@ PREDICTION_FIELDS = (
     "margin_velocity",
     "schedule_sum",
     "two_point_quadratic",
+    "eta_c_replay",
     "variant_note",
 )
 
@@ -144,7 +146,45 @@ def margin_model(row: dict):
         return None
     quadratic = (row["two_point_quadratic"] or 0.0) if row["variant"] == "two-point" else 0.0
     linear = row["margin_velocity"] * row["schedule_sum"]
+    if row["variant"] == "replay" and row.get("eta_c_replay"):  # predict's quadratic through its root
+        root = row["eta_c_replay"]
+        quadratic = -(row["margin_initial"] + linear * root) / (root * root)
     return MarginModel(row["variant"], row["margin_initial"], linear, quadratic)
+
+
+def rows_from_sweeps(models: list[str], modes: list[str]) -> list[dict]:
+    """What ``predict_critical_lr`` with its defaults says for each stored sweep context, from the
+    sweep's own κ = 1 prediction (the same call) and the shipped calibration: no model is loaded."""
+    from phantomlens.kappa import shipped_calibration
+    from phantomlens.results import DEFAULT_VARIANT, load_prediction
+    from phantomlens.settings import StopRule
+
+    kappa = shipped_calibration()["kappa"]
+    rows = []
+    for model in models:
+        for mode in modes:
+            name = f"{model}-{mode}"
+            for path in sorted((SWEEPS / name / "predictions" / model / mode).glob("*.json")):
+                p = load_prediction(path)
+                etas = {"replay": p.eta_c_replay, "two-point": p.eta_c_two_point, "first-order": p.eta_c_first_order}
+                variant = next(v for v in (DEFAULT_VARIANT, "replay", "two-point", "first-order") if etas.get(v))
+                entry = kappa[f"{mode}/adamw/{variant}"]
+                row = {"sweep": name, "model": model, "mode": mode, "context": path.stem, "variant": variant}
+                row |= {
+                    "eta_c": etas[variant] / entry["value"],
+                    "kappa": entry["value"],
+                    "kappa_log_std": entry["log_std"],
+                    "kappa_source": f"shipped [{mode}/adamw/{variant}]",
+                    "margin_safe": StopRule().margin_safe,
+                    "variant_note": None if variant == DEFAULT_VARIANT else f"{DEFAULT_VARIANT} has no root",
+                    "passes": sum(p.passes.values()),
+                    "seconds": None,
+                }
+                row |= {k: getattr(p, k) for k in ("margin_initial", "margin_velocity", "schedule_sum")}
+                row |= {"two_point_quadratic": p.two_point_quadratic, "eta_c_replay": p.eta_c_replay}
+                row["eta_recommended"] = recommended(row, entry["value"], entry["log_std"])
+                rows.append(row)
+    return rows
 
 
 def recommended(row: dict, kappa: float, log_std: float | None) -> float | None:
@@ -277,6 +317,11 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=MODES)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine is shared)")
     parser.add_argument("--from-json", action="store_true", help="re-evaluate the stored predictions")
+    parser.add_argument(
+        "--from-sweeps",
+        action="store_true",
+        help="take each prediction from the sweep's stored κ = 1 one and the shipped κ (no model)",
+    )
     args = parser.parse_args()
     from phantomlens.atomic import write_json_atomic
 
@@ -288,6 +333,8 @@ def main() -> int:
             [{k: c[k] for k in fields} for c in stored["per_context"]],
             stored["prediction_seconds_cpu"],
         )
+    elif args.from_sweeps:
+        rows, seconds = rows_from_sweeps(args.models, args.modes), None
     else:
         rows = predict_all(args.models, args.modes, args.threads)
         seconds = round(time.perf_counter() - started, 1)

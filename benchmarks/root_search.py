@@ -3,7 +3,8 @@
     python -m benchmarks.root_search             # the replay: seconds, no training
     python -m benchmarks.root_search --live 3    # and the root search for real on 3 SmolLM2 LoRA contexts
 
-1. Replay (no new training). For each of the 48 stored bisection sweeps (2 models × 2 modes × 12
+1. Dry run on the stored sweeps (no new training; unrelated to the replay prediction). For each
+   of the 48 stored bisection sweeps (2 models × 2 modes × 12
    contexts, ``benchmarks/results/sweeps/``), m_T(η) is INTERPOLATED from that context's stored
    runs: a monotone cubic (Fritsch–Carlson) through (ln η, m_T) of every run, below the lowest run
    a straight line in η from m_0 at η = 0, above the highest a straight line in η through the last
