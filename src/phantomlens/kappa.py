@@ -32,6 +32,9 @@ SHIPPED_WHERE = "the shipped calibration (phantomlens/data/calibration.json)"
 #: The κ a caller may give directly. Fitted κ lie between about 1 and 2.3; a κ of 1e-300 would only
 #: turn η̂_c and the LR to use into numbers no optimiser could run at (a typo, not a calibration).
 KAPPA_GIVEN_RANGE = (1e-3, 1e3)
+#: The widest spread of log κ a calibration may record: e^±5 is already a factor 150 either way.
+MAX_LOG_STD = 5.0
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -211,10 +214,18 @@ def _checked_table(data, where: str) -> dict:
         raise PhantomLensError(
             f"{where} is not a calibration file (no 'kappa' table); make one with phantomlens calibrate"
         )
+    low, high = KAPPA_GIVEN_RANGE
     for key, entry in table.items():
         value = entry.get("value") if isinstance(entry, dict) else None
-        if not _is_number(value) or not (math.isfinite(value) and value > 0):
-            raise PhantomLensError(f"{where}: κ for {key} must be a positive number, got {value!r}")
+        if not _is_number(value) or not (math.isfinite(value) and low <= value <= high):
+            raise PhantomLensError(
+                f"{where}: κ for {key} must be a number from {low:g} to {high:g}, got {value!r}"
+            )
+        spread = entry.get("log_std")
+        if spread is not None and not (_is_number(spread) and 0 <= spread <= MAX_LOG_STD):
+            raise PhantomLensError(
+                f"{where}: log_std of κ for {key} must be a number from 0 to {MAX_LOG_STD:g}, got {spread!r}"
+            )
         if "domain" in entry:
             _check_domain(entry["domain"], f"{where}: the domain of κ for {key}")
     return table
@@ -224,15 +235,27 @@ def _check_domain(domain, what: str) -> None:
     if not isinstance(domain, list) or not all(isinstance(d, dict) for d in domain):
         raise PhantomLensError(f"{what} must be a list of fitted points, got {domain!r}")
     for fitted in domain:
-        kinds = {"mode": str, "optimizer": str, "schedule": str, "steps": int}
-        if any(not _of_kind(fitted.get(k), t) for k, t in kinds.items()):
+        if _is_number(fitted.get("steps")) and float(fitted["steps"]).is_integer():
+            fitted["steps"] = int(fitted["steps"])  # 50.0 from a JSON writer that emits floats
+        if not _fitted_point_ok(fitted):
             raise PhantomLensError(
-                f"{what} must name mode, optimizer, schedule (or a list of them) and steps (or a "
-                f"[low, high] range), got {fitted!r}"
+                f"{what} must name one mode and optimizer, a schedule ({', '.join(SCHEDULES)}, or a "
+                f"list of them) and steps ≥ 1 (or a [low, high] range), got {fitted!r}"
             )
         warmup = fitted.get("warmup_fraction")
         if warmup is not None and not (_is_number(warmup) and 0 <= warmup < 1):
             raise PhantomLensError(f"{what}: warmup_fraction must be in [0, 1), got {warmup!r}")
+
+
+def _fitted_point_ok(fitted: dict) -> bool:
+    kinds = {"mode": str, "optimizer": str, "schedule": str, "steps": int}
+    if any(not _of_kind(fitted.get(k), t) for k, t in kinds.items()):
+        return False
+    if not (isinstance(fitted["mode"], str) and isinstance(fitted["optimizer"], str)):
+        return False
+    schedules = fitted["schedule"] if isinstance(fitted["schedule"], list) else [fitted["schedule"]]
+    steps = fitted["steps"] if isinstance(fitted["steps"], list) else [fitted["steps"]]
+    return all(s in SCHEDULES for s in schedules) and all(t >= 1 for t in steps)
 
 
 def _of_kind(value, kind: type) -> bool:
