@@ -623,3 +623,20 @@ def test_a_widened_domain_holds_for_its_schedules_and_range_of_t_and_is_checked(
 def test_a_calibration_with_an_unusable_kappa_is_refused_before_loading(entry, says):
     with pytest.raises(PhantomLensError, match=says):
         predict_critical_lr(model="not loaded", calibration={"kappa": {"full/adamw/first-order": entry}})
+
+
+def test_explicit_factors_equal_to_a_widened_domains_schedule_are_inside_it():
+    from phantomlens.session import schedule_factors
+
+    model, tokenizer, ctx = setup()
+    kwargs = {"model": model, "tokenizer": tokenizer, "variant": "first-order", "refreshes": 0, **ctx}
+    point = {"mode": "full", "optimizer": "adamw", "warmup_fraction": 0.1}
+    widened = {"kappa": {"full/adamw/first-order": {"value": 2.0, "log_std": 0.1, "domain": [
+        {**point, "schedule": ["linear", "cosine"], "steps": [20, 100]}
+    ]}}}  # fmt: skip
+    cosine = schedule_factors(50, "cosine", 0.1)
+    assert predict_critical_lr(calibration=widened, factors=cosine, **kwargs).kappa == 2.0
+    constant = schedule_factors(50, "constant", 0.1)
+    assert predict_critical_lr(calibration=widened, factors=constant, **kwargs).kappa == 1.0
+    short = schedule_factors(10, "cosine", 0.1)
+    assert predict_critical_lr(calibration=widened, factors=short, **kwargs).kappa == 1.0

@@ -841,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_with_hint(args)
     except KeyboardInterrupt:
         print(
-            "error: interrupted; no incomplete result was left behind (rerun to resume a sweep)",
+            "error: interrupted; no incomplete result was left behind (rerun the command: a sweep resumes where it stopped)",
             file=sys.stderr,
         )
         return 130

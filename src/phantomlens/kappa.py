@@ -158,13 +158,16 @@ def _inside(point: dict, fitted: dict) -> bool:
     if point["schedule"] == "explicit":
         from phantomlens.session import schedule_factors
 
-        if isinstance(fitted["schedule"], list) or isinstance(fitted["steps"], list):
-            return False  # a widened domain is checked by name, not step by step
         warmup = fitted.get("warmup_fraction")
-        expected = schedule_factors(fitted["steps"], fitted["schedule"], 0.1 if warmup is None else warmup)
-        return len(expected) == len(point["factors"]) and all(
-            abs(a - b) <= 1e-6 for a, b in zip(expected, point["factors"], strict=True)
-        )
+        steps = len(point["factors"])
+        if not _matches(steps, fitted["steps"]):
+            return False
+        names = fitted["schedule"] if isinstance(fitted["schedule"], list) else [fitted["schedule"]]
+        for name in names:  # inside when it is, step for step, one of the fitted schedules at its T
+            expected = schedule_factors(steps, name, 0.1 if warmup is None else warmup)
+            if all(abs(a - b) <= 1e-6 for a, b in zip(expected, point["factors"], strict=True)):
+                return True
+        return False
     if not _matches(point["schedule"], fitted["schedule"]) or not _matches(point["steps"], fitted["steps"]):
         return False
     warmup = fitted.get("warmup_fraction")
