@@ -841,7 +841,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_with_hint(args)
     except KeyboardInterrupt:
         print(
-            "error: interrupted; no incomplete result was left behind (rerun the command: a sweep resumes where it stopped)",
+            "error: interrupted; no incomplete result was left behind "
+            "(rerun the command: a sweep resumes where it stopped)",
             file=sys.stderr,
         )
         return 130
