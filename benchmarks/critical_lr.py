@@ -36,6 +36,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 SWEEPS = RESULTS / "sweeps"
 DOC = ROOT / "docs" / "critical-lr.md"
 N_CONTEXTS = 12  # the first N built-in contexts, per model and mode
+OPTIONAL_MODELS = ["qwen2.5-0.5b"]
+
+
+def _swept(model: str, modes) -> bool:
+    return any((SWEEPS / f"{model}-{mode}" / "critical_lr.parquet").is_file() for mode in modes)
 
 
 def range_test(
@@ -285,6 +290,9 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
 
     from phantomlens.atomic import write_json_atomic
 
+    # The optional third model is summarised wherever its sweeps are stored (it is never swept here:
+    # it needs `make qwen`, and its runs are long; see benchmarks/results/sweeps/README.md).
+    models = list(dict.fromkeys([*models, *(m for m in OPTIONAL_MODELS if _swept(m, modes))]))
     dirs = [SWEEPS / f"{m}-{mode}" for m in models for mode in modes if (SWEEPS / f"{m}-{mode}").is_dir()]
     tables = {d.name: pd.read_parquet(d / "critical_lr.parquet") for d in dirs}
     calibration = _calibration(dirs)
@@ -447,7 +455,14 @@ def intro_lines(result: dict) -> list[str]:
         "runs at once (with CUDA, several workers share the GPU).",
         "",
         f"Benchmark settings: models {', '.join(result['models'])}; modes {', '.join(result['modes'])}; "
-        f"{len(result['contexts'])} contexts ({', '.join(result['contexts'])}); T = 50, cosine, AdamW, seed 0.",
+        f"{len(result['contexts'])} contexts ({', '.join(result['contexts'])}); T = 50, cosine, AdamW, seed 0."
+        + (
+            " qwen2.5-0.5b (optional, `make qwen`): LoRA only, root search, the same contexts with ocean "
+            "(not a valid pair for its tokenizer) replaced by assist; its full fine-tuning sweeps are "
+            "not yet run (a step takes 7–9 s on this CPU)."
+            if "qwen2.5-0.5b" in result["models"]
+            else ""
+        ),
         "",
     ]
 
