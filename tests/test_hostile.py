@@ -364,7 +364,7 @@ def test_a_calibration_with_a_bad_kappa_is_refused_before_loading(tmp_path, caps
     path = tmp_path / "calibration.json"
     path.write_text('{"kappa": {"full/adamw/first-order": {"value": ' + kappa + "}}}")
     line = one_error_line(capsys, "predict", "--calibration", path)
-    assert "must be a positive number" in line and str(path) in line
+    assert "must be a number from 0.001 to 1000" in line and str(path) in line
 
 
 def _files(folder: Path) -> dict[str, bytes]:

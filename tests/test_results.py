@@ -224,4 +224,5 @@ def test_every_stored_prediction_round_trips():
             "first-order",
             "simulated",
             "two-point",
+            "replay",
         )
