@@ -96,7 +96,7 @@ def range_test(
     return {"suggestion": lrs[index], "lrs": lrs, "losses": losses, "steps_run": len(lrs)}
 
 
-def run_sweeps(models, modes, contexts) -> dict[str, Path]:
+def run_sweeps(models, modes, contexts, refresh_predictions: bool = False) -> dict[str, Path]:
     from phantomlens.settings import SweepConfig
     from phantomlens.sweep import Sweep
 
@@ -106,6 +106,7 @@ def run_sweeps(models, modes, contexts) -> dict[str, Path]:
             out = SWEEPS / f"{model}-{mode}"
             config = SweepConfig.from_dict(
                 {"model": model, "mode": mode, "contexts": contexts, "eta_max": False}
+                | {"refresh_predictions": refresh_predictions}
             )
             print(f"sweep {model} {mode}: {len(contexts)} contexts -> {out.relative_to(ROOT)}", flush=True)
             Sweep(config, out).run()
@@ -1081,11 +1082,16 @@ def main() -> int:
     parser.add_argument("--contexts", type=int, default=N_CONTEXTS, help="the first N built-in contexts")
     parser.add_argument("--skip-range-test", action="store_true")
     parser.add_argument("--doc-only", action="store_true", help="only summarise what is stored")
+    parser.add_argument(
+        "--refresh-predictions",
+        action="store_true",
+        help="make again the stored predictions that predate the replay variant (slow for full fine-tuning)",
+    )
     args = parser.parse_args()
     contexts = [c.name for c in builtin_contexts()[: args.contexts]]
     started = time.perf_counter()
     if not args.doc_only:
-        run_sweeps(args.models, args.modes, contexts)
+        run_sweeps(args.models, args.modes, contexts, args.refresh_predictions)
         if not args.skip_range_test:
             run_range_tests(args.models, args.modes, contexts)
     result = summarize(args.models, args.modes, contexts, time.perf_counter() - started)

@@ -160,3 +160,22 @@ def test_a_far_start_is_measured_again_and_record_replays_stay_near_their_measur
     assert all(1 / 1.5 - 1e-9 <= eta / at <= 1.5 + 1e-9 for eta, at in fake.replayed)
     assert result.eta_c == pytest.approx(root, rel=0.15)
     assert [p[2] for p in result.points].count(True) == 2
+
+
+def test_a_sweep_redoes_a_prediction_that_predates_the_replay_only_when_asked() -> None:
+    import json
+    from pathlib import Path
+
+    from phantomlens.results import Prediction
+    from phantomlens.settings import SweepConfig
+    from phantomlens.sweep import _lacks_replay
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / "benchmarks/results/sweeps/smollm2-135m-lora/predictions/smollm2-135m/lora/shame.json"
+    stored = json.loads(path.read_text())
+    assert stored["replay_refreshes"] and not _lacks_replay(Prediction.from_dict(stored))
+    older = {k: v for k, v in stored.items() if not k.startswith("replay_") and k != "eta_c_replay"}
+    assert _lacks_replay(Prediction.from_dict(older))
+    fact = {**older, "eta_c_simulated": None, "eta_c_two_point": None}  # several tokens: no replay
+    assert not _lacks_replay(Prediction.from_dict(fact))
+    assert SweepConfig().refresh_predictions is False  # a resumed sweep keeps its predictions

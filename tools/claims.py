@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from phantomlens.results import DEFAULT_VARIANT
 from tools.findings_data import FAILURES, MODELS, MODES, GpuCheck, Stored, sweep_contexts
 from tools.phantoms_demo import ORDINARY_LR
 
@@ -613,7 +614,7 @@ class ModelSummary:
     ordinary_full_jumps: int  # full-FT jumps at ordinary LRs in run directories
     ordinary_full_phantoms: int
     ordinary_full_bursts: int
-    kappa: dict | None  # full/adamw/two-point per-model κ statistics
+    kappa: dict | None  # full/adamw/<default variant> per-model κ statistics
     geometry_class: str | None
     lora_prediction_right: bool | None
     best_blind: dict | None
@@ -648,7 +649,7 @@ def model_summary(stored: Stored, model: str) -> ModelSummary:
         ordinary_full_phantoms=sum(j.phantom for j in ordinary),
         ordinary_full_bursts=sum(j.symmetry_breaking for j in ordinary),
         kappa=stored.calibration.get("kappa", {})
-        .get("full/adamw/two-point", {})
+        .get(f"full/adamw/{DEFAULT_VARIANT}", {})
         .get("per_model", {})
         .get(model),
         geometry_class=stored.result.get("classes", {}).get(model, {}).get("geometry_class"),

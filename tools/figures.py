@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from phantomlens.results import DEFAULT_VARIANT
 from tools.findings_data import FIGURES_DIR, MODES, ROOT, sweep_contexts
 
 OUTCOME_COLOURS = {
@@ -70,7 +71,7 @@ def _phase_legend() -> list:
             linestyle="",
             color=BLIND_COLOUR,
             markersize=8,
-            label="η̂_c, blind (two-point, κ from the other model)",
+            label=f"η̂_c, blind ({DEFAULT_VARIANT}, κ from the other model)",
         ),
     ]
 

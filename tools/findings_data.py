@@ -13,7 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import critical_lr, early_stop
-from phantomlens.results import find_run_dirs, load_run_events, load_run_summary, load_sweep_records
+from phantomlens.results import (
+    DEFAULT_VARIANT,
+    find_run_dirs,
+    load_run_events,
+    load_run_summary,
+    load_sweep_records,
+)
 from tools import phantoms_demo
 from tools.fmt import add_seconds
 
@@ -151,9 +157,10 @@ def gpu_check() -> GpuCheck | None:
 
 
 def blind_predictions(calibration: dict) -> pd.DataFrame:
-    """The blind two-point predictions per context (κ calibrated on the other model), with their mode."""
+    """The blind predictions of the default variant per context (κ calibrated on the other model),
+    with their mode."""
     blind = pd.DataFrame(
-        [b for b in calibration.get("blind_per_context", []) if b["key"].endswith("/two-point")]
+        [b for b in calibration.get("blind_per_context", []) if b["key"].endswith(f"/{DEFAULT_VARIANT}")]
     )
     if not len(blind):
         return pd.DataFrame(columns=["model", "mode", "context", "eta_c_predicted"])

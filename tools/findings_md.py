@@ -7,6 +7,7 @@ right next to it, so the doc changes its words when the stored results change.
 
 from __future__ import annotations
 
+from phantomlens.results import DEFAULT_VARIANT
 from tools.claims import (
     JUST_BELOW,
     MOST,
@@ -80,7 +81,9 @@ def opening(f: Findings) -> list[str]:
 def _summary_cells(s: ModelSummary) -> list[str]:
     right = s.lora_prediction_right
     kappa = (
-        f"κ (full, two-point) = {s.kappa['geometric_mean']:.3g}, CV {s.kappa['cv']:.2f}" if s.kappa else DASH
+        f"κ (full, {DEFAULT_VARIANT}) = {s.kappa['geometric_mean']:.3g}, CV {s.kappa['cv']:.2f}"
+        if s.kappa
+        else DASH
     )
     blind = (
         f"best median error {pct(s.best_blind['median_abs_error'])} ({s.best_blind['key']})"
@@ -533,7 +536,8 @@ def blind_section(c) -> list[str]:
         f"critical LR within {pct(c.paper_error)} of a later sweep.* Here κ is fitted on one model and the "
         "other "
         f"model's {c.contexts} contexts are predicted from {passes_words('first-order')} passes each "
-        f"(first-order), or {passes_words('two-point')} (two-point); the sweep's η_c is bracketed to "
+        f"(first-order), {passes_words('two-point')} (two-point), or about 20 (replay, K = 6; more where "
+        "its start is far off: see critical-lr.md, *Error against passes*); the sweep's η_c is bracketed to "
         f"{c.tolerance:.0%}.",
         "",
         "| mode / variant | held-out model | contexts | median abs. error | max abs. error |",
@@ -608,7 +612,7 @@ def phase_section(f: Findings, phases: list[str]) -> list[str]:
         "and "
         "bisection runs, the sub-critical scans, the early-stopping runs and the showcases. Filled squares: "
         "outcome; hollow squares: silent failures; black bars: the sweep's η_c; blue crosses: the blind "
-        "two-point prediction (κ calibrated on the other model). The column at "
+        f"{DEFAULT_VARIANT} prediction (κ calibrated on the other model). The column at "
         + ", ".join(f"η = {lr:g}" for lr in GRID_LRS)
         + " is a fixed grid on every context (`results/grid/`), to find where AdamW diverges: "
         + (grid or "not yet run")

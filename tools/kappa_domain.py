@@ -6,8 +6,8 @@
 One model (SmolLM2-135M), LoRA, AdamW, four contexts (shame, tale, trousers, chilly), five domains:
 cosine at T = 20, 50 and 100, and linear and constant at T = 50. The T = 50 cosine sweeps are the
 benchmark's (benchmarks/results/sweeps/smollm2-135m-lora); the others live in results/kappa-domain/.
-A sweep's stored prediction is made again when it lacks the replay variant (``phantomlens sweep``
-does so on resume). Writes results/kappa-domain/kappa_domain.json, which docs/critical-lr.md reads.
+A sweep's stored prediction is made again when it lacks the replay variant
+(``--refresh-predictions``). Writes results/kappa-domain/kappa_domain.json, which docs/critical-lr.md reads.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def run_missing() -> None:
         print(f"{name}: {out.relative_to(ROOT)}", flush=True)
         benchmark = out.parent.name == "sweeps"  # resumed with its own 12 contexts
         settings = {"model": MODEL, "mode": MODE, "schedule": schedule, "steps": steps, "eta_max": False}
+        settings["refresh_predictions"] = True
         settings["contexts"] = sweep_contexts() if benchmark else CONTEXTS
         Sweep(SweepConfig.from_dict(settings), out).run()
 

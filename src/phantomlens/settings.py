@@ -240,6 +240,11 @@ class SweepConfig(JsonConfig):
     min_lr: float = option(1e-10, "never try below this LR", check=POSITIVE)
     max_lr: float = option(10.0, "never try above this LR", check=POSITIVE)
     eta_max: bool = option(True, "also bisect the divergence limit η_max")
+    refresh_predictions: bool = option(
+        False,
+        "make again each stored prediction that predates the replay variant (so that calibrating "
+        "the directory fits the replay's κ); off: a resumed sweep keeps its predictions",
+    )
     grid: list[float] | None = option(
         None,
         "run exactly these peak LRs on every context (a phase diagram, DIR/grid.parquet) "

@@ -632,10 +632,14 @@ class Sweep:
                 self._store(kind, context, lr, _result(future, kind, context, lr), bar)
             self.write_results()
 
+    def _redo(self, stored: Prediction) -> bool:
+        return self.config.refresh_predictions and _lacks_replay(stored)
+
     def _prediction_task(self, context: str) -> dict | None:
         """The task that predicts ``context``'s η_c at κ = 1, unless it is stored or cannot exist."""
         subject = self.subjects[context]
-        if subject.prediction == "none" or not _lacks_replay(self.prediction(context)):
+        stored = self.prediction(context)
+        if subject.prediction == "none" or (stored is not None and not self._redo(stored)):
             return None
         run = self.run_settings(context)
         return {"kind": "predict", "run": run, "optional": subject.prediction == "optional"}
@@ -769,12 +773,9 @@ def _note(note: str, unpredicted: bool) -> str:
     return "; ".join(filter(None, [note, "no prediction" if unpredicted else ""]))
 
 
-def _lacks_replay(prediction: Prediction | None) -> bool:
-    """No prediction yet, or one stored before the replay variant, for a context it applies to (a
-    single-token context whose competitor leads and whose margin the first update moves up): such
-    a prediction is made again on resume, so that calibration can fit the replay's κ."""
-    if prediction is None:
-        return True
+def _lacks_replay(prediction: Prediction) -> bool:
+    """A prediction stored before the replay variant, for a context the replay applies to (a
+    single-token context whose competitor leads and whose margin the first update moves up)."""
     single_token = prediction.eta_c_simulated is not None  # a fact of several tokens has no simulation
     replayable = single_token and prediction.margin_initial < 0 and prediction.margin_velocity > 0
     return replayable and prediction.replay_refreshes is None
