@@ -51,9 +51,10 @@ def test_margin_velocity_matches_the_first_real_step(mode, optimizer):
     # What was computed: every variant, when the margin can move up. With T = 1 the replay measures
     # no gradient beyond step zero's: one forward per replayed LR.
     replays = len(prediction.replay_points or [])
-    moved = prediction.margin_velocity > 0
-    spent = {"forward": 3 + replays, "backward": 4} if moved else {"forward": 1, "backward": 2}
-    assert prediction.passes == spent
+    if prediction.margin_velocity > 0:  # (and a few forwards more for the recommended LR's replays)
+        assert prediction.passes["backward"] == 4 and prediction.passes["forward"] >= 3 + replays
+    else:
+        assert prediction.passes == {"forward": 1, "backward": 2}
 
 
 def test_prediction_formula_and_schedule_sum():
@@ -377,7 +378,9 @@ def test_the_interval_comes_from_kappas_spread():
 
     model, tokenizer, ctx = setup()
     p = predict_critical_lr(model=model, tokenizer=tokenizer, mode="lora", **ctx)
-    sigma = shipped_calibration()["kappa"]["lora/adamw/two-point"]["log_std"]
+    from phantomlens.predict import DEFAULT_VARIANT
+
+    sigma = shipped_calibration()["kappa"][f"lora/adamw/{DEFAULT_VARIANT}"]["log_std"]
     assert p.kappa_log_std == pytest.approx(sigma)
     assert p.eta_c_low == pytest.approx(p.eta_c * math.exp(-sigma))
     assert p.eta_c_high == pytest.approx(p.eta_c * math.exp(sigma))

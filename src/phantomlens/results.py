@@ -416,7 +416,7 @@ VARIANTS = ("first-order", "simulated", "two-point", "replay")
 #: The variant a prediction uses unless asked: the most accurate on held-out models in the stored
 #: blind test, in both modes (docs/critical-lr.md, "Blind test"). tests/test_predict.py checks that
 #: the shipped calibration's blind test still ranks it first in every mode it covers.
-DEFAULT_VARIANT = "two-point"
+DEFAULT_VARIANT = "replay"
 #: The replay's gradient measurements unless asked (phantomlens.replay).
 DEFAULT_REFRESHES = 6
 
