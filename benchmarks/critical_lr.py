@@ -577,9 +577,19 @@ def recommended_lines() -> list[str]:
         for c in found["per_context"]
         if c["in_sample"]["covered"] and not c["in_sample"]["reaches_safe"]
     ]
+    from phantomlens.results import DEFAULT_VARIANT
+
+    used = sorted({c["variant"] for c in found["per_context"]})
+    which = (
+        "today's default prediction"
+        if used == [DEFAULT_VARIANT]
+        else f"the {' and '.join(used)} prediction (the default when this was measured; the "
+        f"{DEFAULT_VARIANT} default's own recommendation, read from replays, is not yet measured "
+        "this way)"
+    )
     return [
         "**Does a run at the recommended LR reach margin_safe?** Measured on the stored sweeps "
-        "(`python -m benchmarks.recommended_lr`): today's default prediction for every context, and the "
+        f"(`python -m benchmarks.recommended_lr`): {which} for every context, and the "
         "final margin the sweep's own runs reached at the recommended LR, interpolated linearly in ln η "
         "between the two runs that straddle it. A bisection sweep's runs crowd around η_c, so a "
         "recommendation well above it often lies beyond the highest run: *not covered*, and left out of "
