@@ -84,7 +84,7 @@ def test_every_verdict_follows_the_data(findings):
     for sentence in (
         "common on SmolLM2 and nearly absent on Gemma",
         "the jumps come with the flip, on both models",
-        "The two-point variant's κ is closest to 1 and tightest.",
+        "The replay variant's κ is closest to 1 and tightest.",
         "just below η_c nearly every failure is silent",
         "holds and beats 30%",
         "(η ≥ 0.03, or SGD at η = 10)",
@@ -106,7 +106,7 @@ def test_every_verdict_follows_the_data(findings):
     assert "not reproduced: below 30%" in " ".join(md.early_stop_section(stop))
     first, *rest = findings.kappa.consistency
     kappa = replace(findings.kappa, consistency=[replace(first, distance_from_one=0.0), *rest])
-    assert "first-order variant's κ is closest to 1; the two-point variant's is the tightest" in " ".join(
+    assert "first-order variant's κ is closest to 1; the replay variant's is the tightest" in " ".join(
         md.kappa_section(kappa)
     )
 
