@@ -31,12 +31,6 @@ DOMAINS = {
     "linear T=50": (HERE / f"{MODEL}-{MODE}-linear", "linear", 50),
     "constant T=50": (HERE / f"{MODEL}-{MODE}-constant", "constant", 50),
 }
-COLUMNS = {
-    "first-order": "eta_c_predicted_kappa1",
-    "simulated": "eta_c_predicted_sim_kappa1",
-    "two-point": "eta_c_predicted_two_point_kappa1",
-    "replay": "eta_c_predicted_replay_kappa1",
-}
 
 
 def run_missing() -> None:
@@ -57,6 +51,8 @@ def run_missing() -> None:
 def kappas() -> list[dict]:
     """One row per domain, context and variant: κ_i."""
     import pandas as pd
+
+    from phantomlens.calibrate import VARIANT_COLUMNS as COLUMNS
 
     rows = []
     for name, (out, schedule, steps) in DOMAINS.items():
@@ -85,8 +81,10 @@ def kappas() -> list[dict]:
 def summary(rows: list[dict]) -> list[dict]:
     """Per variant and domain: κ (geometric mean over the contexts) and its ratio to cosine T = 50;
     per variant: how far κ moves across the domains (max/min of the domain κ)."""
+    from phantomlens.calibrate import VARIANT_COLUMNS
+
     out = []
-    for variant in COLUMNS:
+    for variant in VARIANT_COLUMNS:
         of_variant = [r for r in rows if r["variant"] == variant]
         per_domain = {}
         for name in DOMAINS:
