@@ -177,15 +177,10 @@ def _order(name: str) -> tuple:
 
 
 def report(rows: list[dict]) -> str:
-    lines = ["| mode | variant | held-out model | contexts | median passes (max) | median |error| | max |error| |"]
-    lines.append("|---|---|---|---|---|---|---|")
-    for r in blind_table(rows):
-        lines.append(
-            f"| {r['mode']} | {r['variant']} | {r['held_out']} | {r['contexts']} | "
-            f"{r['median_passes']:g} ({r['max_passes']:g}) | {100 * r['median_abs_error']:.1f}% | "
-            f"{100 * r['max_abs_error']:.1f}% |"
-        )
-    return "\n".join(lines)
+    """The table docs/critical-lr.md shows (``critical_lr.budget_lines``), from these rows."""
+    from benchmarks.critical_lr import budget_lines
+
+    return "\n".join(budget_lines({"prediction_budget": blind_table(rows)}))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,7 +156,7 @@ def rows_from_sweeps(models: list[str], modes: list[str]) -> list[dict]:
     """What ``predict_critical_lr`` with its defaults says for each stored sweep context, from the
     sweep's own κ = 1 prediction (the same call) and the shipped calibration: no model is loaded."""
     from phantomlens.kappa import shipped_calibration
-    from phantomlens.results import DEFAULT_VARIANT, load_prediction
+    from phantomlens.results import DEFAULT_VARIANT, FALLBACK_VARIANTS, load_prediction
     from phantomlens.settings import StopRule
 
     kappa = shipped_calibration()["kappa"]
@@ -167,7 +167,7 @@ def rows_from_sweeps(models: list[str], modes: list[str]) -> list[dict]:
             for path in sorted((SWEEPS / name / "predictions" / model / mode).glob("*.json")):
                 p = load_prediction(path)
                 etas = {"replay": p.eta_c_replay, "two-point": p.eta_c_two_point, "first-order": p.eta_c_first_order}
-                variant = next(v for v in (DEFAULT_VARIANT, "replay", "two-point", "first-order") if etas.get(v))
+                variant = next(v for v in (DEFAULT_VARIANT, *FALLBACK_VARIANTS) if etas.get(v))
                 entry = kappa[f"{mode}/adamw/{variant}"]
                 row = {"sweep": name, "model": model, "mode": mode, "context": path.stem, "variant": variant}
                 row |= {

@@ -47,7 +47,7 @@ from phantomlens.forward import last_token_logits
 from phantomlens.kappa import KappaChoice, choose_kappa
 from phantomlens.precision import mixed_precision
 from phantomlens.replay import Replayer, ReplayResult, replay_critical_lr, rising_root
-from phantomlens.results import DEFAULT_REFRESHES, DEFAULT_VARIANT, VARIANTS, Prediction
+from phantomlens.results import DEFAULT_REFRESHES, DEFAULT_VARIANT, FALLBACK_VARIANTS, VARIANTS, Prediction
 from phantomlens.session import load_for_run, prepare_model, resolve_run_context, schedule_factors
 from phantomlens.settings import DEFAULT_LR, MAX_STEPS, RunConfig
 
@@ -454,7 +454,7 @@ def _final_variant(asked: str | None, measured: Measured) -> tuple[str, str | No
     why = NO_ANSWER.get(chosen, "")
     if asked is not None:
         return chosen, f"{chosen} has no root here ({why})"
-    fallback = next(v for v in ("replay", "two-point", "first-order") if measured.eta1(v) is not None)
+    fallback = next(v for v in FALLBACK_VARIANTS if measured.eta1(v) is not None)
     return fallback, (
         f"{chosen} (the default) has no root here: {why}; the headline falls back to {fallback}"
     )

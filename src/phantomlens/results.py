@@ -417,6 +417,9 @@ VARIANTS = ("first-order", "simulated", "two-point", "replay")
 #: blind test, in both modes (docs/critical-lr.md, "Blind test"). tests/test_predict.py checks that
 #: the shipped calibration's blind test still ranks it first in every mode it covers.
 DEFAULT_VARIANT = "replay"
+#: Where the headline falls back, in order, when its variant has no root (first-order always has one
+#: where any has).
+FALLBACK_VARIANTS = ("replay", "two-point", "first-order")
 #: The replay's gradient measurements unless asked (phantomlens.replay).
 DEFAULT_REFRESHES = 6
 
