@@ -39,7 +39,7 @@ N_CONTEXTS = 12  # the first N built-in contexts, per model and mode
 OPTIONAL_MODELS = ["qwen2.5-0.5b"]
 
 
-def _swept(model: str, modes) -> bool:
+def swept(model: str, modes) -> bool:
     return any((SWEEPS / f"{model}-{mode}" / "critical_lr.parquet").is_file() for mode in modes)
 
 
@@ -293,7 +293,7 @@ def summarize(models, modes, contexts, elapsed: float) -> dict:
 
     # The optional third model is summarised wherever its sweeps are stored (it is never swept here:
     # it needs `make qwen`, and its runs are long; see benchmarks/results/sweeps/README.md).
-    models = list(dict.fromkeys([*models, *(m for m in OPTIONAL_MODELS if _swept(m, modes))]))
+    models = list(dict.fromkeys([*models, *(m for m in OPTIONAL_MODELS if swept(m, modes))]))
     dirs = [SWEEPS / f"{m}-{mode}" for m in models for mode in modes if (SWEEPS / f"{m}-{mode}").is_dir()]
     tables = {d.name: pd.read_parquet(d / "critical_lr.parquet") for d in dirs}
     calibration = _calibration(dirs)
@@ -458,9 +458,10 @@ def intro_lines(result: dict) -> list[str]:
         f"Benchmark settings: models {', '.join(result['models'])}; modes {', '.join(result['modes'])}; "
         f"{len(result['contexts'])} contexts ({', '.join(result['contexts'])}); T = 50, cosine, AdamW, seed 0."
         + (
-            " qwen2.5-0.5b (optional, `make qwen`): LoRA only, root search, the same contexts with ocean "
-            "(not a valid pair for its tokenizer) replaced by assist; its full fine-tuning sweeps are "
-            "not yet run (a step takes 7–9 s on this CPU)."
+            " qwen2.5-0.5b (optional, `make qwen`): root search, the same contexts with ocean (its "
+            "competitor already ranks below the target on this model) replaced by assist; LoRA ran on "
+            "this CPU, full fine-tuning (7–9 s a step here) on one H100 GPU "
+            "(`benchmarks/results/sweeps/README.md`)."
             if "qwen2.5-0.5b" in result["models"]
             else ""
         ),
@@ -751,7 +752,16 @@ def _lora_gap() -> dict | None:
     if not lora_gap.OUT.is_file():
         return None
     stored = json.loads(lora_gap.OUT.read_text())
-    keep = ("model", "mode", "context", "eta_c", "margin_final", "two_point_final", "gap_final", "gap_by_phase")
+    keep = (
+        "model",
+        "mode",
+        "context",
+        "eta_c",
+        "margin_final",
+        "two_point_final",
+        "gap_final",
+        "gap_by_phase",
+    )
     return {"summary": stored["summary"], "rows": [{k: r[k] for k in keep} for r in stored["rows"]]}
 
 

@@ -109,6 +109,7 @@ def predict_sweep(name: str, model, tokenizer) -> list[dict]:
         )
         prediction = predict_critical_lr(config, model=model, tokenizer=tokenizer)
         fields = {key: getattr(prediction, key) for key in PREDICTION_FIELDS}
+        fields["replay_reach"] = _replay_reach(prediction)
         seconds = round(time.perf_counter() - started, 1)
         rows.append(
             {"sweep": name, "model": settings["model"], "mode": settings["mode"], "context": context}
@@ -182,15 +183,27 @@ def rows_from_sweeps(models: list[str], modes: list[str]) -> list[dict]:
                 }
                 row |= {k: getattr(p, k) for k in ("margin_initial", "margin_velocity", "schedule_sum")}
                 row |= {"two_point_quadratic": p.two_point_quadratic, "eta_c_replay": p.eta_c_replay}
+                if variant == "replay" and p.margin_safe == row["margin_safe"]:
+                    row["replay_reach"] = _replay_reach(p)
                 row["eta_recommended"] = recommended(row, entry["value"], entry["log_std"])
                 rows.append(row)
     return rows
 
 
+def _replay_reach(p) -> float | None:
+    """Where a replay prediction's replays reach margin_safe at κ = 1 (its recommendation undone)."""
+    if p.variant != "replay" or p.eta_recommended is None:
+        return None
+    return p.eta_recommended * p.kappa / math.exp(p.kappa_log_std or 0.0)
+
+
 def recommended(row: dict, kappa: float, log_std: float | None) -> float | None:
-    """The recommended LR of ``row``'s margin model with κ and σ (predict's own rule)."""
-    model = margin_model(row)
-    reach = None if model is None else model.reaching(row["margin_safe"])
+    """The recommended LR of ``row``'s margin model with κ and σ (predict's own rule). A replay
+    prediction's reach comes from its replays (stored at κ = 1 by the sweep), not from a curve."""
+    reach = row.get("replay_reach")
+    if reach is None:
+        model = margin_model(row)
+        reach = None if model is None else model.reaching(row["margin_safe"])
     return None if reach is None else reach / kappa * math.exp(log_std or 0.0)
 
 
@@ -328,9 +341,9 @@ def main() -> int:
     started = time.perf_counter()
     if args.from_json:
         stored = json.loads(OUT.read_text())
-        fields = ("sweep", "model", "mode", "context", *PREDICTION_FIELDS, "passes", "seconds")
+        fields = ("sweep", "model", "mode", "context", *PREDICTION_FIELDS, "passes", "seconds", "replay_reach")
         rows, seconds = (
-            [{k: c[k] for k in fields} for c in stored["per_context"]],
+            [{k: c.get(k) for k in fields} for c in stored["per_context"]],
             stored["prediction_seconds_cpu"],
         )
     elif args.from_sweeps:

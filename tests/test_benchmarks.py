@@ -119,6 +119,19 @@ def test_the_blind_kappa_of_a_held_out_model_comes_from_the_other_models():
     assert kappas[("lora/adamw/two-point", "a")] == pytest.approx((9.0, 0.0))
 
 
+def test_a_replay_recommendation_comes_from_its_replays_not_a_curve():
+    from types import SimpleNamespace
+
+    # predict's replay recommendation (κ, σ applied) undone to where the replays reach margin_safe
+    p = SimpleNamespace(variant="replay", eta_recommended=3e-4, kappa=1.5, kappa_log_std=0.1)
+    reach = recommended_lr._replay_reach(p)
+    assert reach == pytest.approx(3e-4 * 1.5 / np.exp(0.1))
+    row = {"variant": "replay", "replay_reach": reach, "margin_safe": 1.0}
+    assert recommended_lr.recommended(row, 1.5, 0.1) == pytest.approx(3e-4)  # predict's own number
+    assert recommended_lr.recommended(row, 2.0, None) == pytest.approx(reach / 2.0)  # a blind κ
+    assert recommended_lr._replay_reach(SimpleNamespace(**(vars(p) | {"variant": "two-point"}))) is None
+
+
 def test_prediction_costs_come_from_the_library():
     from phantomlens.predict import PASSES
 
@@ -139,7 +152,7 @@ def test_the_shared_formatters():
     add_seconds(seconds, None, 60.0)  # a record without a device ran on the CPU
     add_seconds(seconds, "cpu", 60.04)
     assert seconds == {"cuda": 90.0, "cpu": 120.0}
-    assert device_times(seconds) == "2 min on the 2-core CPU machine, 2 min on one H200 GPU"
+    assert device_times(seconds) == "2 min on the 2-core CPU machine, 2 min on one H200 or H100 GPU"
     assert (
         device_times({"cpu": 7200.0}, hours=True, notes={"cpu": "shared"})
         == "2.0 h on the 2-core CPU machine (shared)"

@@ -66,12 +66,13 @@ def findings():
     return claims.compute(findings_data.load_stored())
 
 
-FIGURES = {
-    "phase-smollm2-135m": "a.png",
-    "phase-gemma3-270m": "b.png",
-    "failure-modes": "c.png",
-    "jumps": "d.png",
-}
+def _figures() -> dict[str, str]:
+    from tools.findings_data import MODELS
+
+    return {**{f"phase-{m}": f"{m}.png" for m in MODELS}, "failure-modes": "c.png", "jumps": "d.png"}
+
+
+FIGURES = _figures()
 
 
 def test_every_verdict_follows_the_data(findings):
@@ -82,8 +83,8 @@ def test_every_verdict_follows_the_data(findings):
 
     doc = md.render(findings, FIGURES)
     for sentence in (
-        "common on SmolLM2 and nearly absent on Gemma",
-        "the jumps come with the flip, on both models",
+        "common on SmolLM2 and Qwen, nearly absent on Gemma",
+        "the jumps come with the flip, on all three models",
         "The replay variant's κ is closest to 1 and tightest.",
         "just below η_c nearly every failure is silent",
         "holds and beats 30%",
@@ -93,10 +94,8 @@ def test_every_verdict_follows_the_data(findings):
     ):
         assert sentence in doc
 
-    modes = replace(
-        findings.failure_modes, structural_presence={"smollm2-135m": "common", "gemma3-270m": "common"}
-    )
-    assert "is common on SmolLM2 and Gemma." in " ".join(md.failure_modes_section(modes, "x.png"))
+    modes = replace(findings.failure_modes, structural_presence=dict.fromkeys(md.MODELS, "common"))
+    assert "is common on SmolLM2, Gemma and Qwen." in " ".join(md.failure_modes_section(modes, "x.png"))
     jumps = replace(findings.jumps, flip_always_models=["gemma3-270m"])
     assert "on gemma3-270m, not on every model" in " ".join(md.jumps_section(jumps, "x.png"))
     silent = replace(findings.silent, silent_share=0.4, near_critical_share=0.5)
@@ -121,7 +120,7 @@ def test_verdicts_on_classes_symmetry_and_the_gpu_follow_the_data(findings):
         findings.classes
     )
     classes = replace(findings.classes, rows=[replace(r, right=True) for r in findings.classes.rows])
-    assert md._classes_verdict(classes) == "holds on both models."
+    assert md._classes_verdict(classes) == f"holds on {md._every_model(md.MODELS)}."
     flipped_few = replace(wrong, predicted_sufficient=True, flipped=3)
     assert "suffice with LoRA, yet LoRA flipped only 3 of its 12 contexts" in md._wrong_prediction(
         flipped_few

@@ -28,3 +28,34 @@ def test_an_edited_registration_is_caught(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(preregister, "ROOT", tmp_path)
     assert preregister.main(["--check"]) == 1
     assert "DIFFERS" in capsys.readouterr().out
+
+
+def _registered(geometry_r: float, vocabulary_r: float) -> dict:
+    return {
+        "held_out": {"model": "held-out"},
+        "band": 2.0,
+        "predictions": {"geometry": {"R": geometry_r}, "vocabulary": {"R": vocabulary_r}},
+    }
+
+
+def test_the_outcome_judges_each_prediction_by_its_band(monkeypatch):
+    measured = {"contexts": ["a", "b"], "median_ratio": 500.0, "spread": [0.8, 1.2]}
+    monkeypatch.setattr(preregister, "lora_full_ratio", lambda model: measured)
+    outcome = preregister.test_outcome(_registered(260.0, 240.0))
+    assert outcome["measured"] == measured
+    geometry, vocabulary = outcome["predictions"]["geometry"], outcome["predictions"]["vocabulary"]
+    assert geometry["measured_over_predicted"] == pytest.approx(500 / 260) and geometry["right"]
+    assert vocabulary["measured_over_predicted"] == pytest.approx(500 / 240) and not vocabulary["right"]
+    # A prediction too high is judged the same way: right down to 1/band, wrong below.
+    assert preregister.test_outcome(_registered(1000.0, 1001.0))["predictions"]["geometry"]["right"]
+    assert not preregister.test_outcome(_registered(1000.0, 1001.0))["predictions"]["vocabulary"]["right"]
+
+
+def test_no_outcome_before_the_held_out_model_is_swept(monkeypatch):
+    import statistics
+
+    def nothing_measured(model):
+        return {"median_ratio": statistics.median([])}
+
+    monkeypatch.setattr(preregister, "lora_full_ratio", nothing_measured)
+    assert preregister.test_outcome(_registered(260.0, 240.0)) is None

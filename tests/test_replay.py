@@ -179,3 +179,18 @@ def test_a_sweep_redoes_a_prediction_that_predates_the_replay_only_when_asked() 
     fact = {**older, "eta_c_simulated": None, "eta_c_two_point": None}  # several tokens: no replay
     assert not _lacks_replay(Prediction.from_dict(fact))
     assert SweepConfig().refresh_predictions is False  # a resumed sweep keeps its predictions
+
+
+def test_measured_replays_that_contradict_each_other_fall_back_to_the_quadratic() -> None:
+    """Two measured margins falling as η rises (a real case: SmolLM2 LoRA `recall`, whose secant
+    through them walked 3× past η_c) are not extrapolated; the one nearest η = 0 decides."""
+    from phantomlens.replay import _measured_guess, _quadratic_root, _secant
+
+    m0, slope = -2.0, 2e4
+    contradicting = [(4.6e-4, 3.4, True), (3.1e-4, 5.6, True)]
+    guess = _measured_guess(m0, slope, contradicting)
+    assert guess == _quadratic_root(m0, slope, 3.1e-4, 5.6)
+    assert guess < 3.1e-4  # every measured margin is positive: the root lies below them all
+    assert _secant(*contradicting) > 4.6e-4  # what the secant would have said
+    agreeing = [(3.1e-4, 3.4, True), (4.6e-4, 5.6, True)]
+    assert _measured_guess(m0, slope, agreeing) == _secant(*agreeing)

@@ -172,6 +172,9 @@ def test_sweep_results_table(reference):
     assert table["eta_c"].between(1e-5, 1e-3).all()
     assert table["eta_max"].isna().all() and table["eta_max_low"].isna().all()
     assert table["note"].str.contains("no divergence").all()
+    # The prediction shown is the one the search started from: the stored (default) variant's.
+    assert (table["prediction_variant"] == "replay").all()
+    assert (table["eta_c_predicted_chosen_kappa1"] == table["eta_c_predicted_replay_kappa1"]).all()
 
 
 @pytest.mark.integration  # whole sweeps in worker processes: minutes

@@ -419,13 +419,15 @@ class KappaRow:
 @dataclass
 class Consistency:
     key: str
-    ratio: float  # the two models' κ, larger over smaller
-    spread: float  # one geometric standard deviation across contexts (the larger model's)
-    distance_from_one: float  # the larger |log κ| of the two models
+    models: int  # how many models measured this key
+    ratio: float  # the models' κ, largest over smallest
+    spread: float  # one geometric standard deviation across contexts (the widest model's)
+    distance_from_one: float  # the largest |log κ| of the models
+    resolution: float  # the sweeps' bracket (1 + tolerance): κ differences below it are not measured
 
     @property
     def consistent(self) -> bool:
-        return self.ratio < self.spread
+        return self.ratio < max(self.spread, self.resolution)
 
     @property
     def variant(self) -> str:
@@ -435,7 +437,7 @@ class Consistency:
 @dataclass
 class KappaClaim:
     rows: list[KappaRow]
-    consistency: list[Consistency]  # keys measured on exactly two models
+    consistency: list[Consistency]  # keys measured on at least two models
 
     @property
     def full_consistent(self) -> list[str]:
@@ -456,6 +458,9 @@ class KappaClaim:
 
 
 def claim_kappa(calibration: dict) -> KappaClaim:
+    from phantomlens.settings import SweepConfig
+
+    resolution = 1 + SweepConfig().tolerance
     rows, consistency = [], []
     for key, entry in sorted(calibration.get("kappa", {}).items()):
         per = entry.get("per_model", {})
@@ -465,11 +470,12 @@ def claim_kappa(calibration: dict) -> KappaClaim:
                     key, model, stats["n"], stats["geometric_mean"], stats["cv"], stats["min"], stats["max"]
                 )
             )
-        if len(per) == 2:
-            a, b = (per[m]["geometric_mean"] for m in sorted(per))
+        if len(per) >= 2:
+            means = [per[m]["geometric_mean"] for m in sorted(per)]
             spread = math.exp(max(s["log_std"] for s in per.values()))
-            distance = max(abs(math.log(a)), abs(math.log(b)))
-            consistency.append(Consistency(key, max(a, b) / min(a, b), spread, distance))
+            distance = max(abs(math.log(k)) for k in means)
+            ratio = max(means) / min(means)
+            consistency.append(Consistency(key, len(per), ratio, spread, distance, resolution))
     return KappaClaim(rows, consistency)
 
 

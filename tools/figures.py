@@ -7,7 +7,7 @@ import math
 import pandas as pd
 
 from phantomlens.results import DEFAULT_VARIANT
-from tools.findings_data import FIGURES_DIR, MODES, ROOT, sweep_contexts
+from tools.findings_data import FIGURES_DIR, MODES, ROOT, model_contexts
 
 OUTCOME_COLOURS = {
     "success": "#2b8a3e",
@@ -80,7 +80,7 @@ def phase_figure(model: str, runs: pd.DataFrame, critical: pd.DataFrame, blind: 
     """Every stored AdamW run of the sweep contexts by LR and outcome, with η_c and its blind prediction."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), sharey=True)
-    contexts = sweep_contexts()
+    contexts = model_contexts(model)
     for ax, mode in zip(axes, MODES, strict=True):
         _phase_panel(ax, model, mode, runs, critical, blind, contexts)
     axes[0].set_yticks(range(len(contexts)), contexts)

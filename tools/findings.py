@@ -21,6 +21,7 @@ import time
 from benchmarks import critical_lr, early_stop
 from tools import claims, figures, findings_md, phantoms_demo
 from tools.findings_data import (
+    CORE_MODELS,
     DOC,
     FIGURES_DIR,
     GRID_LRS,
@@ -41,10 +42,10 @@ def run_missing() -> None:
     print("1/4 phantom showcases and sub-critical scans (results/phantoms)", flush=True)
     phantoms_demo.run_missing()
     print("2/4 critical-LR sweeps and range tests (benchmarks/results/sweeps)", flush=True)
-    critical_lr.run_sweeps(MODELS, MODES, sweep_contexts())
-    critical_lr.run_range_tests(MODELS, MODES, sweep_contexts())
+    critical_lr.run_sweeps(CORE_MODELS, MODES, sweep_contexts())
+    critical_lr.run_range_tests(CORE_MODELS, MODES, sweep_contexts())
     print("3/4 early-stopping runs (benchmarks/results/early_stop)", flush=True)
-    early_stop.run_all(MODELS, MODES, [c.name for c in builtin_contexts()], early_stop.LRS)
+    early_stop.run_all(CORE_MODELS, MODES, [c.name for c in builtin_contexts()], early_stop.LRS)
     print(f"4/4 the fixed-LR grid at η = {GRID_LRS} ({GRIDS.relative_to(ROOT)})", flush=True)
     run_grids()
     print(f"runs complete in {time.perf_counter() - started:.0f} s", flush=True)
@@ -54,7 +55,7 @@ def run_grids() -> None:
     from phantomlens.settings import SweepConfig
     from phantomlens.sweep import Sweep
 
-    for model in MODELS:
+    for model in CORE_MODELS:
         for mode in MODES:
             settings = {"model": model, "mode": mode, "contexts": sweep_contexts(), "grid": GRID_LRS}
             Sweep(SweepConfig.from_dict(settings), GRIDS / f"{model}-{mode}").run()
@@ -66,10 +67,10 @@ def regenerate_component_docs() -> None:
     from phantomlens.settings import StopRule
 
     phantoms_demo.write_doc()
-    critical_lr.summarize(MODELS, ["lora", "full"], sweep_contexts(), 0.0)
+    critical_lr.summarize(CORE_MODELS, ["lora", "full"], sweep_contexts(), 0.0)  # + stored optional ones
     rule = StopRule()
     early_stop.summarize(
-        MODELS,
+        CORE_MODELS,
         ["lora", "full"],
         [c.name for c in builtin_contexts()],
         early_stop.LRS,

@@ -26,10 +26,14 @@ from tools.fmt import add_seconds
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "findings.md"
 FIGURES_DIR = ROOT / "docs" / "figures"
-MODELS = ["smollm2-135m", "gemma3-270m"]
 MODES = ["full", "lora"]
+#: The models `make findings` runs everything on (showcases, range tests, early stopping, grids).
+CORE_MODELS = ["smollm2-135m", "gemma3-270m"]
+#: The models every finding is computed on: the core two, and the optional third wherever its sweeps
+#: are stored (it needs `make qwen` and long runs, so `make findings` never starts them).
+MODELS = [*CORE_MODELS, *(m for m in critical_lr.OPTIONAL_MODELS if critical_lr.swept(m, MODES))]
 #: How the prose names each model.
-MODEL_NAMES = {"smollm2-135m": "SmolLM2", "gemma3-270m": "Gemma"}
+MODEL_NAMES = {"smollm2-135m": "SmolLM2", "gemma3-270m": "Gemma", "qwen2.5-0.5b": "Qwen"}
 #: A fixed-LR column on every sweep context, high enough to find where AdamW diverges.
 GRID_LRS = [1.0]
 GRIDS = ROOT / "results" / "grid"
@@ -43,6 +47,16 @@ def sweep_contexts() -> list[str]:
     from phantomlens.contexts import builtin_contexts
 
     return [c.name for c in builtin_contexts()[: critical_lr.N_CONTEXTS]]
+
+
+def model_contexts(model: str) -> list[str]:
+    """The first N built-in contexts valid for ``model`` (its sweeps' contexts: a context whose
+    competitor does not out-rank the target at step 0 on that model is skipped)."""
+    from phantomlens.contexts import builtin_contexts
+    from phantomlens.models import BUILTIN_MODELS
+
+    invalid = BUILTIN_MODELS[model].invalid_contexts if model in BUILTIN_MODELS else ()
+    return [c.name for c in builtin_contexts() if c.name not in invalid][: critical_lr.N_CONTEXTS]
 
 
 def sweep_records(root: Path = critical_lr.SWEEPS, source: str = "sweep") -> pd.DataFrame:

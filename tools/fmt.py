@@ -12,7 +12,7 @@ from collections.abc import Iterable
 DASH = "–"
 
 #: What each device was in this project's measurements (``cuda:0`` counts as ``cuda``).
-MACHINES = {"cpu": "the 2-core CPU machine", "cuda": "one H200 GPU"}
+MACHINES = {"cpu": "the 2-core CPU machine", "cuda": "one H200 or H100 GPU"}
 
 _NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
@@ -66,7 +66,8 @@ def device_times(
     joiner: str = ", ",
     notes: dict[str, str] | None = None,
 ) -> str:
-    """Compute time per device in words: ``"12 min on the 2-core CPU machine, 3 min on one H200 GPU"``.
+    """Compute time per device in words (``"12 min on the 2-core CPU machine, 3 min on one H200 or
+    H100 GPU"``).
 
     ``notes`` adds a remark after a device (``{"cuda": "summed over parallel runs"}``); "–" when
     nothing ran.

@@ -101,6 +101,23 @@ def held_out_geometry() -> dict:
     return geometry(HELD_OUT)
 
 
+def test_outcome(registered: dict) -> dict | None:
+    """The registered predictions against the held-out model's measured R, once both of its sweeps
+    (LoRA and full) are stored; None before. Reads only; the registration itself never changes."""
+    held_out = registered["held_out"]["model"]
+    try:
+        measured = lora_full_ratio(held_out)
+    except statistics.StatisticsError:  # no context with both η_c measured yet
+        return None
+    band = registered["band"]
+    verdicts = {}
+    for name, prediction in registered["predictions"].items():
+        factor = measured["median_ratio"] / prediction["R"]
+        verdicts[name] = {"R": prediction["R"], "measured_over_predicted": factor,
+                          "right": 1 / band <= factor <= band}  # fmt: skip
+    return {"model": held_out, "measured": measured, "predictions": verdicts}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.preregister", description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="recompute and compare; write nothing")
@@ -111,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         fresh["registered_before"] = stored.get("registered_before")
         same = json.dumps(fresh, sort_keys=True) == json.dumps(stored, sort_keys=True)
         print(f"{OUT.relative_to(ROOT)} {'follows from' if same else 'DIFFERS from'} the stored results")
+        outcome = test_outcome(stored)
+        if outcome is None:
+            print(f"the test waits for {stored['held_out']['model']}'s LoRA and full sweeps")
+        else:
+            print(f"measured R({outcome['model']}) = {outcome['measured']['median_ratio']:.1f}")
+            for name, v in outcome["predictions"].items():
+                verdict = "right" if v["right"] else "wrong"
+                factor = v["measured_over_predicted"]
+                print(f"  {name}: predicted {v['R']:.1f}, measured/predicted {factor:.2f} -> {verdict}")
         return 0 if same else 1
     if OUT.exists():
         print(f"{OUT.relative_to(ROOT)} exists; a registration is never overwritten", file=sys.stderr)

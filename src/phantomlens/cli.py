@@ -187,7 +187,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             str(r.runs_used),
             r.search,  # which search the runs are the path of, and how many it used for η_c
             "-" if r.runs_eta_c is None or math.isnan(r.runs_eta_c) else f"{r.runs_eta_c:.0f}",
-            _fmt(r.eta_c_predicted_kappa1),
+            _fmt(getattr(r, "eta_c_predicted_chosen_kappa1", r.eta_c_predicted_kappa1)),
             r.note,
         ]
         for r in table.itertuples()

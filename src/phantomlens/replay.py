@@ -245,9 +245,16 @@ def replay_critical_lr(
 
 def _measured_guess(margin: float, slope: float, measured: list[tuple]) -> float | None:
     """The root from measured replays only: secant in ln η between the last two when there are two,
-    else the quadratic through m_0 (with its slope) and the one."""
+    else the quadratic through m_0 (with its slope) and the one.
+
+    Two measured replays whose margins fall as η rises contradict each other (m_T rises with η below
+    divergence), and a secant through them walks away from the root; then the quadratic through m_0
+    and the one measured nearest η = 0, whose path strays least from the first step's, decides."""
     if len(measured) >= 2:
-        return _secant(measured[-2], measured[-1])
+        (eta_a, m_a), (eta_b, m_b) = measured[-2][:2], measured[-1][:2]
+        if (eta_b - eta_a) * (m_b - m_a) > 0:
+            return _secant(measured[-2], measured[-1])
+        measured = [min(measured, key=lambda point: point[0])]
     eta, value = measured[-1][:2]
     return _quadratic_root(margin, slope, eta, value)
 

@@ -788,7 +788,9 @@ def _predicted(prediction: Prediction | None) -> dict:
         "margin_initial": p and p.margin_initial,
         "margin_velocity": p and p.margin_velocity,
         "schedule_sum": p and p.schedule_sum,
-        "eta_c_predicted_kappa1": p and p.eta_c_first_order,
+        "eta_c_predicted_kappa1": p and p.eta_c_first_order,  # the name predates the other variants
+        "eta_c_predicted_chosen_kappa1": p and p.eta_c,  # the stored variant's, where the search starts
+        "prediction_variant": p and p.variant,
         "eta_c_predicted_sim_kappa1": p and p.eta_c_simulated,
         "eta_c_predicted_two_point_kappa1": p and p.eta_c_two_point,
         "eta_c_predicted_replay_kappa1": p and p.eta_c_replay,
