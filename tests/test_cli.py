@@ -148,6 +148,18 @@ def test_bad_input_is_one_error_line_and_no_directory(tiny_dir, tmp_path, capsys
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]
 
 
+OUT_COMMANDS = [["sweep", "--contexts", "shame"], ["run"], ["calibrate", "x"], ["report", "x"]]
+
+
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+def test_an_empty_out_is_refused_not_read_as_the_current_directory(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli(capsys, *command, "--out", " ")
+    assert code == 2 and stderr.startswith("error: argument --out: is empty")
+    assert len(stderr.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
 def test_missing_and_unknown_models(tmp_path, capsys):
     code, _, stderr = run_cli(capsys, "run", "--model", "gpt-17", "--out", tmp_path / "r")
     assert code == 2 and stderr.startswith("error: unknown model 'gpt-17'")

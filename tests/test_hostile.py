@@ -359,12 +359,19 @@ def test_unwritable_outputs_even_for_root(tmp_path, capsys, no_training):
     assert "permission denied" in one_error_line(capsys, "report", RUN, "--out", unwritable / "r.html")
 
 
-@pytest.mark.parametrize("kappa", ['"abc"', "NaN", "-1", "true"])
+@pytest.mark.parametrize("kappa", ['"abc"', "NaN", "-1", "true", "9" * 400])
 def test_a_calibration_with_a_bad_kappa_is_refused_before_loading(tmp_path, capsys, no_training, kappa):
     path = tmp_path / "calibration.json"
     path.write_text('{"kappa": {"full/adamw/first-order": {"value": ' + kappa + "}}}")
     line = one_error_line(capsys, "predict", "--calibration", path)
     assert "must be a number from 0.001 to 1000" in line and str(path) in line
+
+
+def test_a_calibration_nested_thousands_deep_is_one_line_naming_it(tmp_path, capsys, no_training):
+    path = tmp_path / "calibration.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    line = one_error_line(capsys, "predict", "--calibration", path)
+    assert "nested too deeply" in line and str(path) in line
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -482,3 +489,8 @@ def test_a_fact_set_trajectory_that_is_a_directory_or_lacks_columns(tmp_path, ca
     assert line == f"error: {run / 'trajectory.parquet'} is a directory, not a parquet file"
     with pytest.raises(PhantomLensError, match=r"columns lr, margin, loss, phi and \d+ more$"):
         check_fact_trajectory(pd.DataFrame({"step": [0]}), run / "t.parquet", ["multi"])
+
+
+def test_kappa_and_a_calibration_together_are_refused_before_loading(tmp_path, capsys, no_training):
+    line = one_error_line(capsys, "predict", "--kappa", "2", "--calibration", tmp_path / "missing.json")
+    assert "not both" in line

@@ -515,6 +515,14 @@ def test_the_use_line_allows_for_kappas_spread_only_when_there_is_one():
     )
     assert "even with κ at the low end of its spread" in with_spread
     assert without.startswith("use       lr ") and "spread" not in without
+    # With the shipped κ the worst miss of its own blind test is shown beside the interval.
+    from phantomlens.kappa import shipped_calibration
+
+    key = f"lora/adamw/{spread.variant}"
+    worst = max(b["max_abs_error"] for b in shipped_calibration()["blind"] if b["key"] == key)
+    blind = next(x for x in _prediction_lines(spread) if "blind test of this κ" in x)
+    assert f"worst {worst:.1%}" in blind
+    assert not any("blind test" in x for x in _prediction_lines(none))  # κ given: no such test
 
 
 def test_the_figure_draws_the_pessimistic_curve_the_recommended_lr_is_read_from():
@@ -525,7 +533,7 @@ def test_the_figure_draws_the_pessimistic_curve_the_recommended_lr_is_read_from(
     p = predict_critical_lr(**kwargs, **ctx)
     lines = {line.get_label().split(":")[0]: line for line in prediction_figure(p).axes[0].get_lines()}
     central, pessimistic = (
-        lines[f"predicted final margin ({p.variant}), κ = {p.kappa:.3g}"],
+        lines[f"predicted final margin ({p.variant}), κ = {p.kappa:.4g}"],
         lines["pessimistic"],
     )
     sigma = p.kappa_log_std

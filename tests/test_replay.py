@@ -112,8 +112,12 @@ def test_predict_reports_the_replay_and_what_it_cost() -> None:
     # one forward per replayed LR: the search's, then the recommended LR's (a few more)
     searched = 3 + 3 * measured + len(p.replay_points)
     assert searched <= p.passes["forward"] <= searched + 5
+    # every replay is T optimiser steps, and the stored result says how many that made
+    assert p.replays_run() >= len(p.replay_points) and p.replay_optimizer_steps == 20 * p.replays_run()
+    assert p.to_dict()["replay_optimizer_steps"] == p.replay_optimizer_steps
     none = predict_critical_lr(model=model, tokenizer=tokenizer, steps=20, refreshes=0, **ctx)
     assert none.eta_c_replay is None and none.passes == {"forward": 3, "backward": 4}
+    assert none.replays_run() == 0 and none.replay_optimizer_steps is None
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "6", 10**9])
@@ -194,3 +198,22 @@ def test_measured_replays_that_contradict_each_other_fall_back_to_the_quadratic(
     assert _secant(*contradicting) > 4.6e-4  # what the secant would have said
     agreeing = [(3.1e-4, 3.4, True), (4.6e-4, 5.6, True)]
     assert _measured_guess(m0, slope, agreeing) == _secant(*agreeing)
+
+
+def test_each_replay_reports_its_optimiser_steps_to_a_listener_only_when_there_is_one() -> None:
+    from phantomlens.replay import REPLAY_PROGRESS
+
+    model, tokenizer = make_tiny("llama")
+    target, competitor = tiny_pair(model, tokenizer, TEXT)
+    ctx = {"context": TEXT, "target": target, "competitor": competitor}
+    told: list[int] = []
+    token = REPLAY_PROGRESS.set(told.append)
+    try:
+        p = predict_critical_lr(
+            model=model, tokenizer=tokenizer, steps=12, variant="replay", refreshes=3, **ctx
+        )
+    finally:
+        REPLAY_PROGRESS.reset(token)
+    if p.replay_refreshes:
+        assert told and set(told) == {12} and sum(told) >= p.replay_optimizer_steps
+    assert REPLAY_PROGRESS.get() is None  # nothing listens outside the block

@@ -174,7 +174,7 @@ def test_sweep_results_table(reference):
     assert table["note"].str.contains("no divergence").all()
     # The prediction shown is the one the search started from: the stored (default) variant's.
     assert (table["prediction_variant"] == "replay").all()
-    assert (table["eta_c_predicted_chosen_kappa1"] == table["eta_c_predicted_replay_kappa1"]).all()
+    assert (table["eta_c_predicted_start_kappa1"] == table["eta_c_predicted_replay_kappa1"]).all()
 
 
 @pytest.mark.integration  # whole sweeps in worker processes: minutes
@@ -393,3 +393,82 @@ def test_a_terminated_sweep_stops_at_once_and_resumes(reference, tmp_path):
     pd.testing.assert_frame_equal(
         resumed.drop(columns=["steps_run"]), table.drop(columns=["steps_run"]), check_dtype=False
     )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited; only its reaping is left
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_a_worker_exits_when_its_sweep_is_killed(tmp_path):
+    """A sweep killed with SIGKILL cannot stop its workers; each watches for it and exits itself."""
+    script = tmp_path / "sweep_like.py"
+    script.write_text(
+        "import multiprocessing, os, time\n"
+        "from phantomlens.sweep import watch_parent\n"
+        "def worker(parent):\n"
+        "    watch_parent(parent, interval=0.1)\n"
+        "    time.sleep(120)\n"
+        "if __name__ == '__main__':\n"
+        "    child = multiprocessing.get_context('spawn').Process(target=worker, args=(os.getpid(),))\n"
+        "    child.start()\n"
+        "    print(child.pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    worker = int(proc.stdout.readline())
+    time.sleep(1.0)  # the worker's guard is running
+    assert _alive(worker)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(worker)
+
+
+STORED = Path(__file__).resolve().parents[1] / "results" / "unseen" / "smollm2-135m-lora"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"eta_c": -1.0}, "eta_c must be a learning rate"),
+        ({"eta_c_replay": float("inf")}, "eta_c_replay must be a learning rate"),
+        ({"kappa": -5}, "kappa must be a positive number"),
+        ({"replay_points": [[1e-4, float("nan"), True]]}, "each replay point"),
+        ({"replay_points": [[1], [2]]}, "each replay point"),
+    ],
+)
+def test_a_stored_prediction_with_impossible_numbers_is_refused(tmp_path, change, expected):
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.results import load_prediction
+
+    stored = json.loads((STORED / "predictions" / "smollm2-135m" / "lora" / "assist.json").read_text())
+    path = tmp_path / "assist.json"
+    path.write_text(json.dumps(stored | change))  # NaN and inf written as JSON's extensions
+    with pytest.raises(PhantomLensError, match=expected) as caught:
+        load_prediction(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_sweep_refuses_a_prediction_made_for_other_run_settings(tmp_path):
+    import shutil
+
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.settings import SweepConfig
+    from phantomlens.sweep import Sweep
+
+    out = tmp_path / "sweep"
+    shutil.copytree(STORED, out)
+    path = out / "predictions" / "smollm2-135m" / "lora" / "assist.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"steps": 7, "mode": "full"}))
+    sweep = Sweep(SweepConfig.from_dict(json.loads((out / "sweep.json").read_text())), out)
+    with pytest.raises(PhantomLensError, match="predicted for other run settings: mode full") as caught:
+        sweep.prediction("assist")
+    assert "steps 7 (this sweep: 50)" in str(caught.value)
+    assert sweep.prediction("pal") is not None  # the others are untouched

@@ -71,7 +71,7 @@ def _phase_legend() -> list:
             linestyle="",
             color=BLIND_COLOUR,
             markersize=8,
-            label=f"η̂_c, blind ({DEFAULT_VARIANT}, κ from the other model)",
+            label=f"η̂_c, blind ({DEFAULT_VARIANT}, κ from the other models)",
         ),
     ]
 

@@ -149,6 +149,8 @@ def read_json(path: Path, what: str, remedy: str = "") -> Any:
         return json.loads(path.read_text())
     except ValueError as exc:
         raise PhantomLensError(f"{what} {path} is not valid JSON ({exc})") from None
+    except RecursionError:  # arrays nested thousands deep: no result file of ours is
+        raise PhantomLensError(f"{what} {path} is nested too deeply to be a phantomlens file") from None
 
 
 def check_output_dir(final: Path, overwrite: bool = False) -> None:

@@ -23,8 +23,17 @@ from phantomlens.clifacts import knife_edge, table
 from phantomlens.errors import PhantomLensError, one_line
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from phantomlens.results import RunEvents, RunSummary
     from phantomlens.transitions import Jump
+
+
+def _output_path(text: str) -> str:
+    """An --out value: an empty one would silently mean the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a path")
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -187,7 +196,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             str(r.runs_used),
             r.search,  # which search the runs are the path of, and how many it used for η_c
             "-" if r.runs_eta_c is None or math.isnan(r.runs_eta_c) else f"{r.runs_eta_c:.0f}",
-            _fmt(getattr(r, "eta_c_predicted_chosen_kappa1", r.eta_c_predicted_kappa1)),
+            _fmt(getattr(r, "eta_c_predicted_start_kappa1", r.eta_c_predicted_kappa1)),
             r.note,
         ]
         for r in table.itertuples()
@@ -226,14 +235,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise PhantomLensError("--csv and --quantile go with --facts FILE")
     if args.plot is not None:
         check_output_file(Path(args.plot))  # before the model is loaded, not after
-    prediction = predict_critical_lr(
-        config,
-        kappa=args.kappa,
-        calibration=args.calibration,
-        variant=args.variant,
-        curve=args.plot is not None,
-        refreshes=DEFAULT_REFRESHES if args.refreshes is None else args.refreshes,
-    )
+    with _replay_progress():
+        prediction = predict_critical_lr(
+            config,
+            kappa=args.kappa,
+            calibration=args.calibration,
+            variant=args.variant,
+            curve=args.plot is not None,
+            refreshes=DEFAULT_REFRESHES if args.refreshes is None else args.refreshes,
+        )
     if args.plot is not None:
         from phantomlens.plot import figure_png, prediction_figure
 
@@ -245,6 +255,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.plot is not None:
         print(f"written   {args.plot}")
     return 0
+
+
+@contextlib.contextmanager
+def _replay_progress() -> Iterator[None]:
+    """On a terminal, a bar counting the replays' optimiser steps: a full-FT prediction on a CPU
+    spends minutes there. Nothing when stderr is not a terminal (tqdm's ``disable=None``)."""
+    from tqdm import tqdm
+
+    from phantomlens.replay import REPLAY_PROGRESS
+
+    bar = tqdm(desc="replaying the run", unit=" steps", disable=None, leave=False, file=sys.stderr)
+    token = REPLAY_PROGRESS.set(bar.update)
+    try:
+        yield
+    finally:
+        REPLAY_PROGRESS.reset(token)
+        bar.close()
 
 
 def _prediction_lines(p) -> list[str]:
@@ -270,6 +297,9 @@ def _prediction_lines(p) -> list[str]:
                 f"          interval {p.eta_c_low:.4g} – {p.eta_c_high:.4g}: "
                 f"η̂_c·exp(±{p.kappa_log_std:.3g}), κ's spread (std of log κ) over the calibration's contexts"
             )
+        blind = _blind_words(p)
+        if blind:
+            lines.append(f"          {blind}")
         lines.append(
             f"          κ = 1: first-order {g(p.eta_c_first_order)}, simulated {g(p.eta_c_simulated)}, "
             f"two-point {g(p.eta_c_two_point)}"
@@ -282,15 +312,33 @@ def _prediction_lines(p) -> list[str]:
     return lines
 
 
+def _blind_words(p) -> str | None:
+    """How far the shipped κ's own blind test (κ from the other models) missed with this variant and
+    mode: the interval is κ's spread, and a user should also see the worst miss."""
+    from phantomlens.kappa import SHIPPED_WHERE, shipped_calibration
+
+    if not (p.kappa_source or "").startswith(SHIPPED_WHERE):
+        return None
+    key = f"{p.mode}/{p.optimizer}/{p.variant}"
+    rows = [b for b in shipped_calibration().get("blind") or [] if b.get("key") == key]
+    if not rows:
+        return None
+    medians = sorted(b["median_abs_error"] for b in rows)
+    worst = max(b["max_abs_error"] for b in rows)
+    spread = f"{medians[0]:.1%}" if len(rows) == 1 else f"{medians[0]:.1%}–{medians[-1]:.1%}"
+    contexts = sum(b["n"] for b in rows)
+    return (
+        f"blind test of this κ (each model predicted with κ from the others): median |error| {spread} "
+        f"by model, worst {worst:.1%} of {contexts} contexts"
+    )
+
+
 def _cost_words(p) -> str:
     """Passes, and for the replay the optimiser steps, which on a CPU can cost more than the passes."""
     words = f"{p.passes['forward']} forward + {p.passes['backward']} backward passes"
     if not p.replay_refreshes:
         return words
-    measured = sum(1 for point in p.replay_points or [] if point[2])
-    # forwards beyond the closed forms' 3 and the gradient measurements: one per replay from a record
-    replays = measured + p.passes["forward"] - 3 - (p.passes["backward"] - 4)
-    return f"{words}, and {replays} replays of {p.steps} optimiser steps (K = {p.replay_refreshes})"
+    return f"{words}, and {p.replays_run()} replays of {p.steps} optimiser steps (K = {p.replay_refreshes})"
 
 
 def _use_line(p) -> str:
@@ -627,7 +675,11 @@ def _add_run(sub) -> None:
     )
     add_arguments(run, RunConfig)
     add_arguments(run.add_argument_group("transitions analysis"), AnalysisConfig)
-    run.add_argument("--out", help="run directory to write (default: runs/<model>-<context>-<mode>-lr<η>)")
+    run.add_argument(
+        "--out",
+        type=_output_path,
+        help="run directory to write (default: runs/<model>-<context>-<mode>-lr<η>)",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--json", action="store_true", help="print summary.json to stdout")
     run.set_defaults(func=cmd_run)
@@ -664,7 +716,9 @@ def _add_report(sub) -> None:
     report.add_argument(
         "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (phantomlens run --out)"
     )
-    report.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
+    report.add_argument(
+        "--out", type=_output_path, default="report.html", help="HTML file to write (default: report.html)"
+    )
     report.add_argument(
         "--facts",
         metavar="FILE",
@@ -688,7 +742,9 @@ def _add_sweep(sub) -> None:
         "Resumable: rerun the same command to continue a killed sweep.",
     )
     add_arguments(sweep, SweepConfig, exclude=PER_RUN_FIELDS)
-    sweep.add_argument("--out", required=True, help="sweep directory (created, or resumed)")
+    sweep.add_argument(
+        "--out", type=_output_path, required=True, help="sweep directory (created, or resumed)"
+    )
     sweep.add_argument("--json", action="store_true", help="print the sweep summary JSON")
     sweep.set_defaults(func=cmd_sweep)
 
@@ -774,7 +830,10 @@ def _add_model_commands(sub) -> None:
         "sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep directories (phantomlens sweep --out)"
     )
     calibrate.add_argument(
-        "--out", default="calibration.json", help="calibration file to write (default: calibration.json)"
+        "--out",
+        type=_output_path,
+        default="calibration.json",
+        help="calibration file to write (default: calibration.json)",
     )
     calibrate.add_argument(
         "--facts", metavar="FILE", help="fit κ only on the rows of the facts of FILE (sweep --facts FILE)"

@@ -74,6 +74,10 @@ def choose_kappa(
 ) -> KappaChoice:
     """κ given directly, from ``calibration`` (a file or its contents) when the run lies inside the
     domain it was fitted on, else 1; with ``shipped`` and no ``calibration``, the shipped one."""
+    if kappa is not None and calibration is not None:
+        raise PhantomLensError(
+            "give kappa (--kappa, κ itself) or a calibration (--calibration, κ from a file), not both"
+        )
     if kappa is not None:
         low, high = KAPPA_GIVEN_RANGE
         if isinstance(kappa, bool) or not (
@@ -132,8 +136,8 @@ def _entry_choice(entry: dict, where: str, key: str, point: dict) -> KappaChoice
         )
         return KappaChoice(float(entry["value"]), source, log_std, note)
     if not any(_inside(point, fitted) for fitted in domain):
-        return _outside(_domain_words([domain]), point)
-    note = f"inside the calibration's domain (fitted on {_domain_words([domain])})"
+        return _outside(domain_words([domain]), point)
+    note = f"inside the calibration's domain (fitted on {domain_words([domain])})"
     return KappaChoice(float(entry["value"]), source, log_std, note)
 
 
@@ -197,7 +201,7 @@ def _point_words(point: dict) -> str:
     return f"{point['mode']}/{point['optimizer']}, {schedule}, T = {steps}{warmup}{precision}"
 
 
-def _domain_words(domains) -> str:
+def domain_words(domains) -> str:
     """The fitted points in words, each once: 'lora/adamw, cosine, T = 50, warm-up 0.1'."""
     words: list[str] = []
     for domain in domains:
@@ -273,4 +277,11 @@ def _of_kind(value, kind: type) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number a float can hold (a 400-digit integer is not one: it overflows)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True

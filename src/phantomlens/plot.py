@@ -260,7 +260,7 @@ def prediction_figure(prediction) -> Figure:
         raise PhantomLensError("this prediction has no margin curve: predict with curve=True (or --plot)")
     ax = _axes(None)
     margins = curve["margin"]
-    central = f"predicted final margin ({p.variant}), κ = {p.kappa:.3g}"
+    central = f"predicted final margin ({p.variant}), κ = {p.kappa:.4g}"
     ax.plot(curve["lr"], margins, color="black", label=central)
     if p.kappa_log_std:  # the recommended LR allows for κ's spread: draw the curve it is read from
         # m_T with κ·e^−σ at η is the central curve at η·e^−σ: the same points, shifted right by e^σ
@@ -273,6 +273,8 @@ def prediction_figure(prediction) -> Figure:
             label=f"pessimistic: κ·e^−σ = {p.kappa / shift:.3g} (low end of κ's spread)",
         )
     ax.set_xscale("log")
+    # Under a decade of LR, matplotlib labels the minor ticks too, and at full size they collide.
+    ax.tick_params(axis="x", which="both", labelsize=7, labelrotation=30)
     ax.axhline(0, color="grey", lw=0.8)
     safe = 1.0 if p.margin_safe is None else p.margin_safe
     if p.margin_safe is not None:

@@ -417,7 +417,7 @@ def _predict_context(config, model, tokenizer, request: _Request, schedule: list
     replayed = margin_model.replay
     with mixed_precision(replayed.replayer.model, config.precision) if replayed else contextlib.nullcontext():
         headline = _headline(request, config, margin_model, measured.eta1(chosen))
-    return Prediction(
+    prediction = Prediction(
         **headline,
         **_run_fields(config, request, schedule),
         variant=chosen,
@@ -436,6 +436,9 @@ def _predict_context(config, model, tokenizer, request: _Request, schedule: list
         passes=measured.total_passes(),
         context={"text": spec.text, "target": spec.target, "competitor": spec.competitor},
     )
+    if prediction.replay_refreshes:
+        prediction.replay_optimizer_steps = prediction.replays_run() * config.steps
+    return prediction
 
 
 #: Why a variant can have no answer where first-order has one.

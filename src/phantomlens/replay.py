@@ -22,13 +22,20 @@ takes secant steps in ln η.
 
 from __future__ import annotations
 
+import contextvars
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from phantomlens.forward import last_token_logits
 from phantomlens.results import DEFAULT_REFRESHES  # K: 20 passes in all with the two-point start
+
+#: Told the optimiser steps of each finished replay (the CLI's progress bar); nothing by default.
+REPLAY_PROGRESS: contextvars.ContextVar[Callable[[int], object] | None] = contextvars.ContextVar(
+    "replay_progress", default=None
+)
 
 SECANT_STEPS = 2
 #: A root this far (as a factor) from the LR whose gradients were recorded gets a second measured
@@ -158,6 +165,9 @@ class Replayer:
                     for group in optimizer.param_groups:
                         group["lr"] = eta * factor
                     optimizer.step()
+            progress = REPLAY_PROGRESS.get()
+            if progress is not None:
+                progress(len(self.factors))
             if not final:
                 return None
             with torch.no_grad():

@@ -322,6 +322,7 @@ class RunSummary(StoredResult):
     context: RunContext
     vocab_size: int
     device: str | None = newer()
+    device_name: str | None = newer()  # the accelerator's own name (cuda): which card took wall_time_s
     trainable_parameters: int
     wall_time_s: float
     notes: list[str]
@@ -463,6 +464,16 @@ class Prediction(StoredResult):
     eta_c_replay: float | None = newer()  # the run replayed with K gradient measurements, κ = 1
     replay_refreshes: int | None = newer()  # K
     replay_points: list[list] | None = newer()  # [η, m_T, gradients measured] of each replay, in order
+    # Each replay also costs T optimiser steps, which on a CPU can cost more than all the passes.
+    replay_optimizer_steps: int | None = newer()
+
+    def replays_run(self) -> int:
+        """How many replays (each T optimiser steps) the prediction ran: the measured ones, and one
+        per forward pass beyond the closed forms' 3 and the gradient measurements."""
+        if not self.replay_refreshes:
+            return 0
+        measured = sum(1 for point in self.replay_points or [] if point[2])
+        return measured + self.passes["forward"] - 3 - (self.passes["backward"] - 4)
 
     def validate(self) -> None:
         if self.margin_curve is not None and (
@@ -470,6 +481,43 @@ class Prediction(StoredResult):
             or len(self.margin_curve["lr"]) != len(self.margin_curve["margin"])
         ):
             raise PhantomLensError(f"{self.what}: margin_curve needs lr and margin lists of one length")
+        # A sweep starts its search at these and a calibration divides by them: a negative or
+        # infinite one would poison both without a word.
+        for name in PREDICTED_LRS:
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise PhantomLensError(
+                    f"{self.what}: {name} must be a learning rate ≥ 0 or null, got {value!r}"
+                )
+        if not (math.isfinite(self.kappa) and self.kappa > 0):
+            raise PhantomLensError(f"{self.what}: kappa must be a positive number, got {self.kappa!r}")
+        for point in self.replay_points or []:
+            if not _replay_point(point):
+                raise PhantomLensError(
+                    f"{self.what}: each replay point must be [lr > 0, final margin, measured: true/false], "
+                    f"got {point!r}"
+                )
+
+
+#: The learning rates a stored prediction holds.
+PREDICTED_LRS = (
+    "eta_c",
+    "eta_c_first_order",
+    "eta_c_simulated",
+    "eta_c_two_point",
+    "eta_c_replay",
+    "eta_c_low",
+    "eta_c_high",
+    "eta_recommended",
+)
+
+
+def _replay_point(point: Any) -> bool:
+    if not (isinstance(point, list) and len(point) == 3 and isinstance(point[2], bool)):
+        return False
+    eta, margin = point[:2]
+    numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (eta, margin))
+    return numbers and math.isfinite(eta) and eta > 0 and math.isfinite(margin)
 
 
 # --- a sweep directory ----------------------------------------------------------------------------
@@ -505,6 +553,7 @@ class SweepRunRecord(StoredResult):
     embeddings_unchanged: bool
     wall_time_s: float
     device: str | None = newer()
+    device_name: str | None = newer()
     run: dict[str, Any]  # the run's settings as written (a few keys, later the full RunConfig)
     model: str
     # Sweeps over a fact file (docs/critical-lr.md, "Facts"): the evidence a resume is checked
@@ -576,6 +625,7 @@ class SweepRunRecord(StoredResult):
             embeddings_unchanged=summary.embeddings_unchanged,
             wall_time_s=round(wall, 2),
             device=summary.device,
+            device_name=summary.device_name,
             run=dict(run),
             model=run["model"],
         )

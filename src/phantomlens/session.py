@@ -183,6 +183,12 @@ def embedding_sha256(model) -> str:
     return digest.hexdigest()
 
 
+def device_name(device: torch.device) -> str | None:
+    """A CUDA device's own name ("NVIDIA H100 80GB HBM3"), so that run times name the card; None
+    on the CPU (its times are this machine's)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
 def versions() -> dict[str, str]:
     import peft
     import transformers

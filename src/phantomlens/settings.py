@@ -204,12 +204,15 @@ class SweepConfig(JsonConfig):
     """A critical-LR sweep: the run settings its runs share, how η_c is searched, where runs go."""
 
     run: RunConfig = group(RunConfig, "the settings every run of the sweep shares")
-    contexts: list[str] | None = option(None, "built-in context names (default: all built-in contexts)")
+    contexts: list[str] | None = option(
+        None, "built-in context names (default: all built-in contexts; your own contexts: --facts)"
+    )
     # Not ``facts``: that name is the run's own fact file (every fact trained in each run).
     fact_file: str | None = option(
         None,
-        "a fact file (.jsonl or .csv): measure η_c of every fact, each trained alone, instead of "
-        "built-in contexts (with --joint: one η_c(F, q) of the whole set trained jointly)",
+        "a fact file (.jsonl or .csv: prompt, target, competitor, name, chat; docs/facts.md): measure "
+        "η_c of every fact, each trained alone, instead of built-in contexts (with --joint: one "
+        "η_c(F, q) of the whole set trained jointly); your own single pair is a file of one line",
         flag="--facts",
     )
     joint: bool = option(

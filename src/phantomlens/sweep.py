@@ -108,6 +108,21 @@ def execute(task: dict) -> dict:
         return _execute(task)
 
 
+def watch_parent(parent: int, interval: float = 1.0) -> None:
+    """A worker's guard (run when it starts): exit once the sweep that started it is gone.
+
+    A sweep killed with SIGKILL (or by the OOM killer, or a CI timeout) cannot stop its workers, and
+    a worker blocked on its task pipe would otherwise hold a model in memory for good."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="phantomlens-parent-watch", daemon=True).start()
+
+
 def _execute(task: dict) -> dict:
     import copy
 
@@ -163,6 +178,7 @@ def _fact_set_fields(summary, run: dict, wall: float) -> dict:
         "embeddings_unchanged": summary.embeddings_unchanged,
         "wall_time_s": round(wall, 2),
         "device": summary.device,
+        "device_name": summary.device_name,
         "run": dict(run),
         "model": run["model"],
         "fraction_flipped": summary.fraction_flipped,
@@ -285,7 +301,10 @@ class _Backend:
             ):
                 # spawn, not fork: forking a process that has started OpenMP threads can deadlock.
                 self._pool = cf.ProcessPoolExecutor(
-                    self.workers, mp_context=multiprocessing.get_context("spawn")
+                    self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=watch_parent,
+                    initargs=(os.getpid(),),
                 )
 
     def submit(self, task: dict) -> cf.Future:
@@ -557,7 +576,18 @@ class Sweep:
 
     def prediction(self, context: str) -> Prediction | None:
         path = self.prediction_path(context)
-        return load_prediction(path) if path.is_file() else None
+        if not path.is_file():
+            return None
+        prediction = load_prediction(path)
+        run = self.config.run
+        ours = {"mode": run.mode, "optimizer": run.optimizer, "steps": run.steps, "schedule": run.schedule}
+        theirs = {key: getattr(prediction, key) for key in ours}
+        if theirs != ours:  # a search started from another setup's prediction would say nothing
+            differ = [f"{k} {theirs[k]} (this sweep: {ours[k]})" for k in ours if theirs[k] != ours[k]]
+            raise PhantomLensError(
+                f"{path} was predicted for other run settings: {', '.join(differ)}; delete it to redo it"
+            )
+        return prediction
 
     def start_lr(self, context: str) -> float:
         if self.config.start_lr:
@@ -744,8 +774,15 @@ def _points(records: dict[float, SweepRunRecord]) -> dict[float, Point]:
 def _first_guess(prediction: Prediction | None) -> float | None:
     """Where a search starts: the κ = 1 prediction of the most accurate variant there is (replay,
     two-point, then simulated, then the headline's)."""
-    p = prediction
-    return p and (p.eta_c_replay or p.eta_c_two_point or p.eta_c_simulated or p.eta_c)
+    return _start_variant(prediction)[1]
+
+
+def _start_variant(p: Prediction | None) -> tuple[str | None, float | None]:
+    """(variant, η̂_c at κ = 1) of the prediction a search starts from."""
+    if p is None:
+        return None, None
+    ranked = [("replay", p.eta_c_replay), ("two-point", p.eta_c_two_point), ("simulated", p.eta_c_simulated)]
+    return next(((name, eta) for name, eta in ranked if eta), (p.variant, p.eta_c))
 
 
 def _found_by(points: dict[float, Point], starts: list[float], config: SweepConfig) -> dict:
@@ -789,8 +826,8 @@ def _predicted(prediction: Prediction | None) -> dict:
         "margin_velocity": p and p.margin_velocity,
         "schedule_sum": p and p.schedule_sum,
         "eta_c_predicted_kappa1": p and p.eta_c_first_order,  # the name predates the other variants
-        "eta_c_predicted_chosen_kappa1": p and p.eta_c,  # the stored variant's, where the search starts
-        "prediction_variant": p and p.variant,
+        "eta_c_predicted_start_kappa1": _start_variant(p)[1],  # where the search starts (κ = 1)
+        "prediction_variant": _start_variant(p)[0],
         "eta_c_predicted_sim_kappa1": p and p.eta_c_simulated,
         "eta_c_predicted_two_point_kappa1": p and p.eta_c_two_point,
         "eta_c_predicted_replay_kappa1": p and p.eta_c_replay,

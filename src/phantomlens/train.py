@@ -25,6 +25,7 @@ from phantomlens.loop import Outcome, check_divergence
 from phantomlens.results import RunEvents, RunSummary
 from phantomlens.rundir import RunResult
 from phantomlens.session import (
+    device_name,
     embedding_sha256,
     make_optimizer,
     prepare_model,
@@ -283,6 +284,7 @@ def summarize(
         "context": spec.record(),
         "vocab_size": unembedding.shape[0],
         "device": str(unembedding.device),
+        "device_name": device_name(unembedding.device),
         "trainable_parameters": trainable,
         "wall_time_s": round(wall, 2),
         "notes": notes,
