@@ -175,7 +175,12 @@ def _range_tests():
 def _start_variant(row, tried: set[float]) -> str | None:
     """Which κ = 1 prediction a root search started at: the variant one of its runs sits on (to
     1e-4: a prediction redone later, e.g. to add the replay, can move in the last digits)."""
-    columns = {"replay": "eta_c_predicted_replay_kappa1", "two-point": "eta_c_predicted_two_point_kappa1"}
+    columns = {
+        "replay": "eta_c_predicted_replay_kappa1",
+        "two-point": "eta_c_predicted_two_point_kappa1",
+        "simulated": "eta_c_predicted_sim_kappa1",
+        "first-order": "eta_c_predicted_kappa1",
+    }
     for variant, column in columns.items():
         eta = getattr(row, column, None)
         if eta and eta == eta and any(abs(lr / eta - 1) < 1e-4 for lr in tried):
@@ -618,7 +623,7 @@ def recommended_lines() -> list[str]:
         f"the counts. Covered: {covered} of {contexts} contexts. **In-sample** (κ and σ were fitted on "
         f"these same contexts, so they may flatter the rule): {_by_mode(inside, safe)}."
         + (
-            f" Blind (κ and σ from the other model's contexts only): {_by_mode(blind, safe)}."
+            f" Blind (κ and σ from the other models' contexts only): {_by_mode(blind, safe)}."
             if blind
             else ""
         )
@@ -1009,23 +1014,26 @@ def _root_sweep_lines(result: dict) -> list[str]:
     """The benchmark sweeps that were themselves root searches (the third model's), runs per η_c."""
     by_sweep: dict[str, list[dict]] = {}
     for r in result.get("per_context", []):
-        if r.get("search") == "root" and r.get("runs_eta_c") is not None:
+        # The third model's sweeps were root searches from the start (the others bisected); "mixed"
+        # is one whose start moved when its prediction was redone to add the replay.
+        if r["model"] in OPTIONAL_MODELS and r.get("eta_c") is not None:
             by_sweep.setdefault(r["sweep"], []).append(r)
     if not by_sweep:
         return []
     rows = []
     for name, found in by_sweep.items():
-        runs = [r["runs_eta_c"] for r in found]
-        starts = sorted({r.get("start_variant") or "other" for r in found})
+        runs = [r["runs_used"] for r in found]
+        starts = sorted({r.get("start_variant") or "another LR" for r in found})
         rows.append(
             f"| {name} | {', '.join(starts)} | {len(runs)} | {float(np.median(runs)):g} | {max(runs)} |"
         )
     return [
         "",
-        "**The benchmark sweeps run as root searches**, from the κ = 1 prediction each had when it "
-        "started (each η_c bracketed to the same tolerance):",
+        "**The third model's sweeps, root searches for real** (without the η_max search, so every run went to "
+        "η_c), from the κ = 1 prediction each had when it started, each η_c bracketed to the same "
+        "tolerance:",
         "",
-        "| sweep | started at | contexts | median runs for η_c | max |",
+        "| sweep | started at | contexts | median runs | max |",
         "|---|---|---|---|---|",
         *rows,
     ]

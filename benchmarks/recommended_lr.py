@@ -312,7 +312,7 @@ def summarize(contexts: list[dict], command: str, seconds: float | None) -> dict
             "Recommended LR of `phantomlens predict` (default settings, shipped calibration) per stored "
             "sweep context, and the final margin the sweep's runs reached there (linear in ln η between "
             "the two runs that straddle it; not covered otherwise). in_sample: κ and σ were fitted on "
-            "these same contexts. blind: κ and σ from the other model's contexts only. central: "
+            "these same contexts. blind: κ and σ from the other models' contexts only. central: "
             "in-sample κ without the e^σ safety factor (the rule before it)."
         ),
         "margin_safe": contexts[0]["margin_safe"] if contexts else None,
