@@ -434,7 +434,7 @@ def _kappa_ranking(c: KappaClaim) -> str:
 def _resolution_note(k) -> str:
     if k.spread >= k.resolution:
         return ""
-    return f" (×{k.spread:.3f}), below the ×{k.resolution:.2f} bracket that η_c is measured to"
+    return f", below the ×{k.resolution:.2f} bracket that η_c is measured to"
 
 
 def kappa_section(c: KappaClaim) -> list[str]:
@@ -464,7 +464,8 @@ def kappa_section(c: KappaClaim) -> list[str]:
         lines.append(
             f"- {k.key}: the {number_word(k.models)} models' κ differ by ×{k.ratio:.2f} (largest over "
             f"smallest); within one model, contexts scatter "
-            f"by ×{k.spread:.2f} (one geometric standard deviation){_resolution_note(k)}: "
+            f"by ×{k.spread:.{3 if k.spread < k.resolution else 2}f} (one geometric standard deviation)"
+            f"{_resolution_note(k)}: "
             f"{'consistent' if k.consistent else 'not consistent'}."
         )
     good = c.full_consistent
