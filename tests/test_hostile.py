@@ -340,7 +340,7 @@ def test_classify_pairs_are_bounded(tiny_dir, capsys, pairs):
 
 def test_more_bad_arguments(tmp_path, capsys, no_training):
     assert "seed must be" in one_error_line(capsys, "run", "--seed", "99999999999999999999999")
-    assert "--out is empty" in one_error_line(capsys, "run", "--out", "")
+    assert "--out: is empty" in one_error_line(capsys, "run", "--out", "")
 
 
 def test_a_path_given_as_the_model_object_says_where_paths_go():

@@ -472,3 +472,17 @@ def test_a_sweep_refuses_a_prediction_made_for_other_run_settings(tmp_path):
         sweep.prediction("assist")
     assert "steps 7 (this sweep: 50)" in str(caught.value)
     assert sweep.prediction("pal") is not None  # the others are untouched
+
+
+def test_a_grid_attempt_that_ran_nothing_does_not_claim_its_directory(tmp_path):
+    from phantomlens.errors import PhantomLensError
+    from phantomlens.sweep import Sweep
+
+    (tmp_path / "sweep.json").write_text(json.dumps({"grid": [1e-4]}))  # its model was missing, say
+    search = Sweep(SweepConfig.from_dict({"contexts": ["shame"]}), tmp_path)
+    search._check_kind()  # nothing ran: a search may use the directory
+    record = tmp_path / "runs" / "smollm2-135m" / "full" / "shame" / "lr=0.0001.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    with pytest.raises(PhantomLensError, match="holds a grid, not a search"):
+        search._check_kind()

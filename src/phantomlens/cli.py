@@ -829,12 +829,8 @@ def _add_model_commands(sub) -> None:
     calibrate.add_argument(
         "sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep directories (phantomlens sweep --out)"
     )
-    calibrate.add_argument(
-        "--out",
-        type=_output_path,
-        default="calibration.json",
-        help="calibration file to write (default: calibration.json)",
-    )
+    out_help = "calibration file to write (default: calibration.json)"
+    calibrate.add_argument("--out", type=_output_path, default="calibration.json", help=out_help)
     calibrate.add_argument(
         "--facts", metavar="FILE", help="fit κ only on the rows of the facts of FILE (sweep --facts FILE)"
     )

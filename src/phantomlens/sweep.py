@@ -178,7 +178,7 @@ def _fact_set_fields(summary, run: dict, wall: float) -> dict:
         "embeddings_unchanged": summary.embeddings_unchanged,
         "wall_time_s": round(wall, 2),
         "device": summary.device,
-        "device_name": summary.device_name,
+        "device_name": getattr(summary, "device_name", None),  # a fact-set summary names none
         "run": dict(run),
         "model": run["model"],
         "fraction_flipped": summary.fraction_flipped,
@@ -557,7 +557,9 @@ class Sweep:
         if not path.is_file():
             return
         before = read_json(path, "sweep settings", "delete it to resume from the records alone")
-        if isinstance(before, dict) and bool(before.get("grid")) != bool(self.config.grid):
+        # A first attempt that ran nothing (its model missing, say) binds the directory to nothing.
+        holds_runs = any((self.out / "runs").rglob("lr=*.json"))
+        if holds_runs and isinstance(before, dict) and bool(before.get("grid")) != bool(self.config.grid):
             raise PhantomLensError(
                 f"{self.out} holds a {'grid' if before.get('grid') else 'search'}, not a "
                 f"{'grid' if self.config.grid else 'search'}; use another --out"
