@@ -663,3 +663,28 @@ def test_explicit_factors_equal_to_a_widened_domains_schedule_are_inside_it():
     assert predict_critical_lr(calibration=widened, factors=constant, **kwargs).kappa == 1.0
     short = schedule_factors(10, "cosine", 0.1)
     assert predict_critical_lr(calibration=widened, factors=short, **kwargs).kappa == 1.0
+
+
+def test_a_sweep_row_whose_kappa_is_absurd_is_refused_by_calibrate_naming_it(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+
+    stored = Path(__file__).resolve().parents[1] / "results" / "unseen" / "smollm2-135m-lora"
+    copy = tmp_path / "sweep"
+    shutil.copytree(stored, copy)
+    table = pd.read_parquet(copy / "critical_lr.parquet")
+    table.loc[table["context"] == "assist", "eta_c_predicted_replay_kappa1"] = 1e308
+    table.to_parquet(copy / "critical_lr.parquet")
+    with pytest.raises(PhantomLensError, match=r"assist \(lora/adamw/replay\): predicted 1e\+308"):
+        load_sweeps([copy])
+
+
+def test_a_huge_number_in_a_calibration_is_shown_cut_short(tmp_path):
+    big = int("9" * 400)
+    with pytest.raises(PhantomLensError) as caught:
+        predict_critical_lr(
+            model="not loaded", calibration={"kappa": {"full/adamw/first-order": {"value": big}}}
+        )
+    assert "must be a number from 0.001 to 1000" in str(caught.value) and len(str(caught.value)) < 200

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 def load_sweeps(sweep_dirs: list[str | Path], facts: str | Path | None = None) -> pd.DataFrame:
     """The critical-LR rows of several sweeps that have both a measured and a predicted η_c
     (with ``facts``, a fact file: only the rows of its facts)."""
+    import numpy as np
     import pandas as pd
 
     names = fact_names(facts) if facts is not None else None  # a bad file fails before any sweep is read
@@ -61,9 +62,31 @@ def load_sweeps(sweep_dirs: list[str | Path], facts: str | Path | None = None) -
     table = table[usable].copy()
     if table.empty:
         raise PhantomLensError("no context in these sweeps has both a measured and a predicted η_c")
-    table["kappa_i"] = table["eta_c_predicted_kappa1"].astype(float) / table["eta_c"].astype(float)
+    with np.errstate(all="ignore"):
+        table["kappa_i"] = table["eta_c_predicted_kappa1"].astype(float) / table["eta_c"].astype(float)
     table["key"] = table["mode"] + "/" + table["optimizer"] + "/" + table["variant"]
+    _check_kappas(table)
     return table
+
+
+def _check_kappas(table: pd.DataFrame) -> None:
+    """One broken row (a prediction edited or written wrong) would make κ inf or nan, and the
+    calibration file unusable: refuse it, naming the row."""
+    import numpy as np
+
+    from phantomlens.kappa import KAPPA_GIVEN_RANGE
+
+    low, high = KAPPA_GIVEN_RANGE
+    kappas = table["kappa_i"].to_numpy(dtype=float)
+    bad = ~(np.isfinite(kappas) & (kappas >= low) & (kappas <= high))
+    if bad.any():
+        row = table[bad].iloc[0]
+        predicted, measured = float(row["eta_c_predicted_kappa1"]), float(row["eta_c"])
+        raise PhantomLensError(
+            f"{row['model']} {row['context']} ({row['key']}): predicted {predicted:.3g} for a measured "
+            f"η_c of {measured:.3g} is a κ of {kappas[bad][0]:.3g}, outside {low:g}–{high:g}; redo that "
+            "context's prediction (delete its predictions/*.json and rerun the sweep)"
+        )
 
 
 def fact_names(facts: str | Path) -> set[str]:
