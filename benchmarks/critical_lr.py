@@ -175,14 +175,10 @@ def _range_tests():
 def _start_variant(row, tried: set[float]) -> str | None:
     """Which κ = 1 prediction a root search started at: the variant one of its runs sits on (to
     1e-4: a prediction redone later, e.g. to add the replay, can move in the last digits)."""
-    columns = {
-        "replay": "eta_c_predicted_replay_kappa1",
-        "two-point": "eta_c_predicted_two_point_kappa1",
-        "simulated": "eta_c_predicted_sim_kappa1",
-        "first-order": "eta_c_predicted_kappa1",
-    }
-    for variant, column in columns.items():
-        eta = getattr(row, column, None)
+    from phantomlens.calibrate import VARIANT_COLUMNS
+
+    for variant in ("replay", "two-point", "simulated", "first-order"):  # the sweep's order of preference
+        eta = getattr(row, VARIANT_COLUMNS[variant], None)
         if eta and eta == eta and any(abs(lr / eta - 1) < 1e-4 for lr in tried):
             return variant
     return None
@@ -190,14 +186,13 @@ def _start_variant(row, tried: set[float]) -> str | None:
 
 def per_context_rows(tables: dict, ranges) -> list[dict]:
     """One row per (sweep, context): η_c, its bracket, the κ = 1 predictions, the range test."""
-    from phantomlens.lrsearch import lr_key
     from phantomlens.results import load_sweep_records
 
     rows = []
     for name, table in tables.items():
         tried: dict[str, set[float]] = {}
         for record in load_sweep_records(SWEEPS / name / "runs"):
-            tried.setdefault(record.context, set()).add(lr_key(record.lr))
+            tried.setdefault(record.context, set()).add(record.lr)
         for row in table.itertuples():
             record = {
                 "sweep": name,

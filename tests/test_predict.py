@@ -615,13 +615,21 @@ def test_a_fact_file_whose_facts_already_reach_margin_safe_may_use_any_lr(tiny_d
     assert use == "use       any LR: every fact already has margin ≥ margin_safe = -1e+09 at step 0"
 
 
-def test_a_widened_domain_holds_for_its_schedules_and_range_of_t_and_is_checked():
+#: A fitted point of a full/adamw calibration, less its schedule and steps.
+POINT = {"mode": "full", "optimizer": "adamw", "warmup_fraction": 0.1}
+
+
+def _widened(schedules: list[str]) -> tuple[dict, dict]:
+    """The tiny model's predict arguments, and a calibration (κ = 2) widened to ``schedules`` at
+    T = 20–100."""
     model, tokenizer, ctx = setup()
     kwargs = {"model": model, "tokenizer": tokenizer, "variant": "first-order", "refreshes": 0, **ctx}
-    point = {"mode": "full", "optimizer": "adamw", "warmup_fraction": 0.1}
-    widened = {"kappa": {"full/adamw/first-order": {"value": 2.0, "log_std": 0.1, "domain": [
-        {**point, "schedule": ["constant", "cosine"], "steps": [20, 100]}
-    ]}}}  # fmt: skip
+    domain = [{**POINT, "schedule": schedules, "steps": [20, 100]}]
+    return kwargs, {"kappa": {"full/adamw/first-order": {"value": 2.0, "log_std": 0.1, "domain": domain}}}
+
+
+def test_a_widened_domain_holds_for_its_schedules_and_range_of_t_and_is_checked():
+    kwargs, widened = _widened(["constant", "cosine"])
     for inside in ({"steps": 20}, {"steps": 73, "schedule": "constant"}, {"steps": 100}):
         assert predict_critical_lr(calibration=widened, **kwargs, **inside).kappa == 2.0, inside
     for outside in ({"steps": 19}, {"steps": 101}, {"schedule": "linear"}):
@@ -630,7 +638,7 @@ def test_a_widened_domain_holds_for_its_schedules_and_range_of_t_and_is_checked(
     bad_points = [{"steps": [100, 20]}, {"steps": [20]}, {"schedule": []}, {"steps": [True, 3]}]
     bad_points += [{"steps": [-5, 60]}, {"schedule": "bogus"}, {"mode": ["full", "lora"]}]
     for bad in bad_points:
-        entry = {"value": 1, "domain": [{**point, "schedule": "cosine", "steps": 50, **bad}]}
+        entry = {"value": 1, "domain": [{**POINT, "schedule": "cosine", "steps": 50, **bad}]}
         with pytest.raises(PhantomLensError, match="must name one mode and optimizer, a schedule"):
             predict_critical_lr(calibration={"kappa": {"full/adamw/first-order": entry}}, **kwargs)
 
@@ -651,12 +659,7 @@ def test_a_calibration_with_an_unusable_kappa_is_refused_before_loading(entry, s
 def test_explicit_factors_equal_to_a_widened_domains_schedule_are_inside_it():
     from phantomlens.session import schedule_factors
 
-    model, tokenizer, ctx = setup()
-    kwargs = {"model": model, "tokenizer": tokenizer, "variant": "first-order", "refreshes": 0, **ctx}
-    point = {"mode": "full", "optimizer": "adamw", "warmup_fraction": 0.1}
-    widened = {"kappa": {"full/adamw/first-order": {"value": 2.0, "log_std": 0.1, "domain": [
-        {**point, "schedule": ["linear", "cosine"], "steps": [20, 100]}
-    ]}}}  # fmt: skip
+    kwargs, widened = _widened(["linear", "cosine"])
     cosine = schedule_factors(50, "cosine", 0.1)
     assert predict_critical_lr(calibration=widened, factors=cosine, **kwargs).kappa == 2.0
     constant = schedule_factors(50, "constant", 0.1)

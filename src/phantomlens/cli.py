@@ -93,8 +93,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from phantomlens.train import finetune
 
     config = from_namespace(RunConfig, args)
-    if args.out is not None and not args.out.strip():
-        raise PhantomLensError("--out is empty; give the run directory to write, or leave it out")
     out = Path(args.out) if args.out is not None else _default_out(config)
     result = finetune(
         config,

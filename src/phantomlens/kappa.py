@@ -22,7 +22,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from phantomlens.atomic import read_json
-from phantomlens.errors import PhantomLensError
+from phantomlens.errors import PhantomLensError, short
 
 __all__ = ["DOMAIN_KEYS", "KappaChoice", "choose_kappa", "resolve_kappa", "shipped_calibration"]
 
@@ -226,13 +226,13 @@ def _checked_table(data, where: str) -> dict:
         value = entry.get("value") if isinstance(entry, dict) else None
         if not _is_number(value) or not (math.isfinite(value) and low <= value <= high):
             raise PhantomLensError(
-                f"{where}: κ for {key} must be a number from {low:g} to {high:g}, got {_shown(value)}"
+                f"{where}: κ for {key} must be a number from {low:g} to {high:g}, got {short(value)}"
             )
         spread = entry.get("log_std")
         if spread is not None and not (_is_number(spread) and 0 <= spread <= MAX_LOG_STD):
             raise PhantomLensError(
                 f"{where}: log_std of κ for {key} must be a number from 0 to {MAX_LOG_STD:g}, "
-                f"got {_shown(spread)}"
+                f"got {short(spread)}"
             )
         if "domain" in entry:
             _check_domain(entry["domain"], f"{where}: the domain of κ for {key}")
@@ -241,18 +241,18 @@ def _checked_table(data, where: str) -> dict:
 
 def _check_domain(domain, what: str) -> None:
     if not isinstance(domain, list) or not all(isinstance(d, dict) for d in domain):
-        raise PhantomLensError(f"{what} must be a list of fitted points, got {_shown(domain)}")
+        raise PhantomLensError(f"{what} must be a list of fitted points, got {short(domain)}")
     for fitted in domain:
         if _is_number(fitted.get("steps")) and float(fitted["steps"]).is_integer():
             fitted["steps"] = int(fitted["steps"])  # 50.0 from a JSON writer that emits floats
         if not _fitted_point_ok(fitted):
             raise PhantomLensError(
                 f"{what} must name one mode and optimizer, a schedule ({', '.join(SCHEDULES)}, or a "
-                f"list of them) and steps ≥ 1 (or a [low, high] range), got {_shown(fitted, 120)}"
+                f"list of them) and steps ≥ 1 (or a [low, high] range), got {short(fitted, 120)}"
             )
         warmup = fitted.get("warmup_fraction")
         if warmup is not None and not (_is_number(warmup) and 0 <= warmup < 1):
-            raise PhantomLensError(f"{what}: warmup_fraction must be in [0, 1), got {_shown(warmup)}")
+            raise PhantomLensError(f"{what}: warmup_fraction must be in [0, 1), got {short(warmup)}")
 
 
 def _fitted_point_ok(fitted: dict) -> bool:
@@ -275,12 +275,6 @@ def _of_kind(value, kind: type) -> bool:
         whole = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         return len(value) == 2 and whole and value[0] <= value[1]
     return isinstance(value, kind) and not isinstance(value, bool)
-
-
-def _shown(value, limit: int = 40) -> str:
-    """A bad value as the error shows it: its repr, cut short (a 400-digit number is one line)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _is_number(value) -> bool:
